@@ -1,0 +1,1 @@
+"""The edge: settings, catalog sources, the faiss-builder CLI and the demo."""

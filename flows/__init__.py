@@ -1,0 +1,1 @@
+"""Prefect flows: build-index and alignment-check. They sequence tasks and nothing else."""

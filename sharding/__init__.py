@@ -1,0 +1,1 @@
+"""Crash-safe sharded FAISS store: shard writer, progress commit, storage backends, loader, checks."""

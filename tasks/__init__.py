@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over sharding/ and modal_workers/."""
