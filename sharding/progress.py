@@ -1,0 +1,126 @@
+"""progress.json, the commit point, as typed models; manifest segments and failure chunks too."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pydantic import BaseModel, ConfigDict, Field
+
+from sharding.codec import ProductId
+
+FORMAT_VERSION = 1
+UNKNOWN_BRAND = "(none)"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ShardRecord(_Model):
+    """One committed shard: its two objects, vector count and the sha256 of each object."""
+
+    number: int
+    name: str
+    id_map: str
+    vectors: int
+    sha256: str
+    id_map_sha256: str
+    sealed: bool
+
+
+class SegmentRef(_Model):
+    """An immutable manifest segment that holds a fixed run of sealed shard records."""
+
+    name: str
+    sha256: str
+    shards: int
+    vectors: int
+    first_shard: int
+    last_shard: int
+
+
+class ManifestSegment(_Model):
+    """Content of manifest_{kind}_{NNNNN}.json."""
+
+    format_version: int = FORMAT_VERSION
+    kind: str
+    shards: list[ShardRecord]
+
+
+class FailureRecord(_Model):
+    """A product that could not be indexed, for the kinds named, with the reason."""
+
+    id: ProductId
+    reason: str
+    message: str
+    kinds: list[str]
+    run_id: str
+
+
+class FailureChunkRef(_Model):
+    name: str
+    sha256: str
+    count: int
+
+
+class FailureChunk(_Model):
+    """Content of failed_{NNNNN}.json."""
+
+    format_version: int = FORMAT_VERSION
+    failures: list[FailureRecord]
+
+
+class FailureLog(_Model):
+    """Durable failures: full chunks by reference, the most recent ones inline (bounded)."""
+
+    total: int = 0
+    chunks: list[FailureChunkRef] = Field(default_factory=list)
+    recent: list[FailureRecord] = Field(default_factory=list)
+
+
+class KindProgress(_Model):
+    """Committed state of one kind; `shards` holds only records not yet rolled into segments."""
+
+    dim: int
+    cursor: ProductId | None = None
+    total_vectors: int = 0
+    vectors_per_brand: dict[str, int] = Field(default_factory=dict)
+    segments: list[SegmentRef] = Field(default_factory=list)
+    shards: list[ShardRecord] = Field(default_factory=list)
+
+    def open_shard(self) -> ShardRecord | None:
+        last = self.shards[-1] if self.shards else None
+        return last if last is not None and not last.sealed else None
+
+    def last_shard_number(self) -> int:
+        numbers = [s.number for s in self.shards] + [g.last_shard for g in self.segments]
+        return max(numbers, default=0)
+
+
+class Progress(_Model):
+    """The whole committed state; written last, so whatever it names is complete."""
+
+    format_version: int = FORMAT_VERSION
+    commit_seq: int = 0
+    run_id: str
+    written_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    embedder: str
+    model: str
+    shard_max_vectors: int
+    shard_max_bytes: int
+    kinds: dict[str, KindProgress] = Field(default_factory=dict)
+    failures: FailureLog = Field(default_factory=FailureLog)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {kind: kp.dim for kind, kp in self.kinds.items()}
+
+    def cursor(self, kind: str) -> ProductId | None:
+        kp = self.kinds.get(kind)
+        return kp.cursor if kp else None
+
+    def total_vectors(self, kind: str) -> int:
+        kp = self.kinds.get(kind)
+        return kp.total_vectors if kp else 0
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()

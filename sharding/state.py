@@ -1,0 +1,140 @@
+"""Reading the committed state: progress.json, manifest segments, failure chunks, verified objects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import faiss
+from pydantic import ValidationError
+
+from sharding import names
+from sharding.codec import (
+    ProductId,
+    decode_ids,
+    decode_index,
+    encode_ids,
+    encode_index,
+    index_vectors,
+    sha256_hex,
+)
+from sharding.errors import ObjectNotFound, StateError
+from sharding.progress import FailureChunk, FailureRecord, ManifestSegment, Progress, ShardRecord
+from sharding.storage import Storage
+
+
+def read_progress(storage: Storage) -> Progress | None:
+    """The last commit, or None for a store nothing was ever committed to."""
+    try:
+        data = storage.get(names.PROGRESS)
+    except ObjectNotFound:
+        return None
+    try:
+        return Progress.model_validate_json(data)
+    except ValidationError as exc:
+        raise StateError(f"{names.PROGRESS} in {storage.describe()} is not valid: {exc}") from exc
+
+
+def require_progress(storage: Storage) -> Progress:
+    progress = read_progress(storage)
+    if progress is None:
+        raise StateError(f"{storage.describe()} has no {names.PROGRESS}: nothing was committed")
+    return progress
+
+
+def get_verified(storage: Storage, name: str, sha256: str) -> bytes:
+    """An object's bytes, refused unless they hash to what the commit recorded."""
+    try:
+        data = storage.get(name)
+    except ObjectNotFound as exc:
+        raise StateError(f"{name} is named by {names.PROGRESS} but missing") from exc
+    if sha256_hex(data) != sha256:
+        raise StateError(f"{name}: sha256 differs from the one committed in {names.PROGRESS}")
+    return data
+
+
+def shard_records(storage: Storage, progress: Progress, kind: str) -> list[ShardRecord]:
+    """Every committed shard of a kind in shard order: rolled segments first, then the rest."""
+    kp = progress.kinds.get(kind)
+    if kp is None:
+        raise StateError(f"kind {kind!r} was never committed to {storage.describe()}")
+    records: list[ShardRecord] = []
+    for ref in kp.segments:
+        segment = ManifestSegment.model_validate_json(get_verified(storage, ref.name, ref.sha256))
+        records.extend(segment.shards)
+    return records + list(kp.shards)
+
+
+def list_failures(storage: Storage, progress: Progress | None = None) -> list[FailureRecord]:
+    """All durable failures (id, reason, message, kinds, run), oldest first."""
+    progress = progress or read_progress(storage)
+    if progress is None:
+        return []
+    failures: list[FailureRecord] = []
+    for ref in progress.failures.chunks:
+        chunk = FailureChunk.model_validate_json(get_verified(storage, ref.name, ref.sha256))
+        failures.extend(chunk.failures)
+    return failures + list(progress.failures.recent)
+
+
+@dataclass
+class CommittedShard:
+    """A shard as committed: its flat index and ids; `trimmed` if an uncommitted tail was cut."""
+
+    index: faiss.Index
+    ids: list[ProductId]
+    trimmed: bool
+
+
+Fetch = Callable[[str], bytes]
+
+
+def load_shard(storage: Storage, record: ShardRecord, dim: int, fetch: Fetch | None = None) -> CommittedShard:
+    """Read a committed shard; an open shard overwritten by an uncommitted run is truncated back."""
+    fetch = fetch or storage.get
+    index, trimmed_index = _committed_index(_fetch(fetch, record.name), record, dim)
+    ids, trimmed_ids = _committed_ids(_fetch(fetch, record.id_map), record)
+    return CommittedShard(index, ids, trimmed_index or trimmed_ids)
+
+
+def _fetch(fetch: Fetch, name: str) -> bytes:
+    try:
+        return fetch(name)
+    except ObjectNotFound as exc:
+        raise StateError(f"{name} is named by {names.PROGRESS} but missing") from exc
+
+
+def _committed_index(data: bytes, record: ShardRecord, dim: int) -> tuple[faiss.Index, bool]:
+    exact = sha256_hex(data) == record.sha256
+    if not exact and record.sealed:
+        raise StateError(f"{record.name}: sha256 differs from the one committed (sealed shard)")
+    try:
+        index = decode_index(data)
+    except RuntimeError as exc:
+        raise StateError(f"{record.name}: not a readable FAISS index ({exc})") from exc
+    if index.d != dim:
+        raise StateError(f"{record.name}: dimension {index.d}, committed dimension {dim}")
+    if exact:
+        return index, False
+    if index.ntotal < record.vectors:
+        raise StateError(f"{record.name}: {index.ntotal} vectors, {record.vectors} committed")
+    kept = encode_index(index_vectors(index)[: record.vectors], dim)
+    if sha256_hex(kept) != record.sha256:
+        raise StateError(f"{record.name}: committed part differs from the commit's sha256")
+    return decode_index(kept), True
+
+
+def _committed_ids(data: bytes, record: ShardRecord) -> tuple[list[ProductId], bool]:
+    exact = sha256_hex(data) == record.id_map_sha256
+    if not exact and record.sealed:
+        raise StateError(f"{record.id_map}: sha256 differs from the one committed (sealed shard)")
+    try:
+        ids = decode_ids(data)
+    except ValueError as exc:
+        raise StateError(f"{record.id_map}: not a JSON id array ({exc})") from exc
+    if exact:
+        return ids, False
+    kept = ids[: record.vectors]
+    if len(ids) < record.vectors or sha256_hex(encode_ids(kept)) != record.id_map_sha256:
+        raise StateError(f"{record.id_map}: committed part differs from the commit's sha256")
+    return kept, True
