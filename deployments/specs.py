@@ -1,0 +1,57 @@
+"""The deployments and their schedules, in one table shared by `serve` and checked against prefect.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TIMEZONE = "UTC"
+WORK_POOL = "faiss-builder"
+#: A second scheduled build waits this long for the store lease instead of failing at once.
+SCHEDULED_LEASE_WAIT_S = 1800.0
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    flow: str  # flow name: "build-index" or "alignment-check"
+    name: str  # deployment name; run it as "<flow>/<name>"
+    cron: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow}/{self.name}"
+
+
+# Builds are staggered so they rarely meet; when they do, the store lease makes the later one wait.
+DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
+    DeploymentSpec(
+        "build-index",
+        "color",
+        "0 2 * * *",
+        {"kinds": ["color"], "lease_wait_s": SCHEDULED_LEASE_WAIT_S},
+        "Nightly: embed new catalog products into the color index.",
+    ),
+    DeploymentSpec(
+        "build-index",
+        "structure",
+        "30 2 * * *",
+        {"kinds": ["structure"], "lease_wait_s": SCHEDULED_LEASE_WAIT_S},
+        "Nightly: embed new catalog products into the structure index.",
+    ),
+    DeploymentSpec(
+        "build-index",
+        "combined",
+        "0 3 * * *",
+        {"kinds": ["combined"], "lease_wait_s": SCHEDULED_LEASE_WAIT_S},
+        "Nightly: embed new catalog products into the combined index.",
+    ),
+    DeploymentSpec(
+        "alignment-check",
+        "all-kinds",
+        "0 5 * * *",
+        {"kinds": ["color", "structure", "combined"], "sample": 32},
+        "Nightly: prove every index agrees with its id maps.",
+    ),
+)

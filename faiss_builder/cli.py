@@ -1,0 +1,252 @@
+"""The `faiss-builder` command line: demo, build, check, search, status, doctor."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from faiss_builder import errors
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Build, check and search sharded FAISS indexes of a product-image catalog.",
+)
+
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="Local folder or `supabase` [env FAISS_BUILDER_STORE]")
+]
+CatalogOpt = Annotated[
+    str | None,
+    typer.Option("--catalog", help="CSV/JSONL file or `supabase` [env FAISS_BUILDER_CATALOG]"),
+]
+KindsOpt = Annotated[
+    str | None,
+    typer.Option("--kinds", help="Comma-separated: color,structure,combined [env FAISS_BUILDER_KINDS]"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+PrivateOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-private-urls/--no-allow-private-urls",
+        help="Allow loopback/private image hosts [env FAISS_BUILDER_ALLOW_PRIVATE_URLS]",
+    ),
+]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    # Keep Prefect's console quiet unless asked: the CLI draws its own progress.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    app()
+
+
+@app.command()
+def build(
+    catalog: CatalogOpt = None,
+    store: StoreOpt = None,
+    kinds: KindsOpt = None,
+    max_images: Annotated[int | None, typer.Option("--max-images", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    embedder: Annotated[str | None, typer.Option("--embedder", help="clip | histogram")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="CLIP model id or folder")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="local | modal")] = None,
+    allow_private_urls: PrivateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Embed pending catalog products into the index (runs the build-index Prefect flow)."""
+    with _errors_to_exit_codes():
+        from faiss_builder.runner import run_build
+
+        settings = _settings(
+            catalog=catalog,
+            store=store,
+            kinds=kinds,
+            max_images=max_images,
+            batch_size=batch_size,
+            embedder=embedder,
+            model=model,
+            backend=backend,
+            allow_private_urls=allow_private_urls,
+        )
+        summary = run_build(settings, show_progress=not as_json)
+        _emit(summary, as_json, _render_build)
+
+
+@app.command()
+def check(
+    store: StoreOpt = None,
+    catalog: CatalogOpt = None,
+    kinds: KindsOpt = None,
+    sample: Annotated[int, typer.Option("--sample", min=0, help="Products to re-embed")] = 8,
+    allow_private_urls: PrivateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prove index and id maps agree; exit 0 only when aligned."""
+    with _errors_to_exit_codes():
+        from faiss_builder.runner import run_check
+
+        settings = _settings(
+            store=store, catalog=catalog, kinds=kinds, allow_private_urls=allow_private_urls
+        )
+        outcome = run_check(
+            settings, sample=sample, kinds=list(settings.embed.kinds) if kinds else None
+        )
+        _emit(outcome, as_json, _render_check)
+        if not outcome["ok"]:
+            raise typer.Exit(errors.EXIT_CHECK_FAILED)
+
+
+@app.command()
+def search(
+    store: StoreOpt = None,
+    image: Annotated[str | None, typer.Option("--image", help="Query image path or URL")] = None,
+    product_id: Annotated[str | None, typer.Option("--id", help="Query by an indexed id")] = None,
+    kind: Annotated[str, typer.Option("--kind")] = "color",
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000)] = 10,
+    catalog: CatalogOpt = None,
+    allow_private_urls: PrivateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find the products most similar to an image or to an indexed product."""
+    with _errors_to_exit_codes():
+        if (image is None) == (product_id is None):
+            raise errors.UsageError("give exactly one of --image or --id")
+        from faiss_builder.runner import run_search
+
+        settings = _settings(store=store, catalog=catalog, allow_private_urls=allow_private_urls)
+        result = run_search(settings, kind=kind, k=k, image=image, product_id=product_id)
+        _emit(result, as_json, _render_search)
+
+
+@app.command()
+def status(
+    store: StoreOpt = None,
+    failed: Annotated[bool, typer.Option("--failed", help="List failed products")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """What the store holds: vectors and shards per kind, cursor, failures."""
+    with _errors_to_exit_codes():
+        from faiss_builder.runner import run_status
+
+        result = run_status(_settings(store=store), include_failures=failed)
+        _emit(result, as_json, _render_status)
+
+
+@app.command()
+def doctor(
+    backend: Annotated[str | None, typer.Option("--backend", help="local | modal")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check configuration and connectivity without writing anything."""
+    with _errors_to_exit_codes():
+        from faiss_builder.runner import run_doctor
+
+        result = run_doctor(_settings(backend=backend))
+        _emit(result, as_json, _render_doctor)
+        if not result["ok"]:
+            raise typer.Exit(errors.EXIT_CHECK_FAILED)
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option("--folder", help="Where the demo writes")] = Path("demo"),
+    products: Annotated[int, typer.Option("--products", min=10, max=5000)] = 240,
+    embedder: Annotated[str, typer.Option("--embedder", help="auto | clip | histogram")] = "auto",
+) -> None:
+    """Build a real index from bundled photographs, check it and search it: no accounts needed."""
+    with _errors_to_exit_codes():
+        from faiss_builder.demo import run_demo
+
+        run_demo(folder, products=products, embedder=embedder, echo=_err)
+
+
+def _settings(**overrides: Any) -> Any:
+    from faiss_builder.settings import load_settings
+
+    return load_settings(**overrides)
+
+
+@contextmanager
+def _errors_to_exit_codes() -> Iterator[None]:
+    """Known failures become one line on stderr and a documented exit code; no traceback."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        code, message = errors.describe(exc)
+        if code is None:
+            raise
+        _err(f"faiss-builder: error: {message}")
+        raise typer.Exit(code) from None
+
+
+def _emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+    else:
+        typer.echo(render(result))
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _render_build(summary: dict[str, Any]) -> str:
+    lines = [
+        f"Built {', '.join(summary['kinds'])} with {summary['embedder']} ({summary['model']}) "
+        f"into {summary['store']}",
+        f"  products {summary['products']}, failed {summary['failed']}, "
+        f"{summary['images_per_s']} images/s",
+    ]
+    lines += [
+        f"  {kind:<10} +{summary['vectors_added'][kind]} vectors, "
+        f"{summary['total_vectors'][kind]} total in {summary['shards'][kind]} shard(s)"
+        for kind in summary["kinds"]
+    ]
+    return "\n".join(lines)
+
+
+def _render_check(outcome: dict[str, Any]) -> str:
+    return str(outcome["text"])
+
+
+def _render_search(result: dict[str, Any]) -> str:
+    lines = [f"{result['kind']} neighbours of {result['query']} ({result['embedder']}):"]
+    lines += [
+        f"  {rank:>3}. id={hit['id']!s:<12} score={hit['score']:.4f}  brand={hit.get('brand') or '-'}"
+        for rank, hit in enumerate(result["hits"], start=1)
+    ]
+    return "\n".join(lines)
+
+
+def _render_status(result: dict[str, Any]) -> str:
+    if not result.get("initialised"):
+        return f"{result['store']}: empty (no progress.json yet)"
+    lines = [
+        f"{result['store']}: embedder {result['embedder']} ({result['model']}), "
+        f"commit {result['commit_seq']} by run {result['run_id']} at {result['written_at']}"
+    ]
+    lines += [
+        f"  {kind:<10} {info['vectors']} vectors in {info['shards']} shard(s), dim {info['dim']}, "
+        f"cursor {info['cursor']!r}"
+        for kind, info in result["kinds"].items()
+    ]
+    lines.append(f"  failed products: {result['failed_count']}")
+    lines += [f"    {f['id']!r}: {f['reason']} — {f['message']}" for f in result.get("failures", [])]
+    return "\n".join(lines)
+
+
+def _render_doctor(result: dict[str, Any]) -> str:
+    return "\n".join(
+        f"{'ok  ' if check['ok'] else 'FAIL'} {check['name']}: {check['detail']}"
+        for check in result["checks"]
+    )

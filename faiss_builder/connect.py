@@ -1,0 +1,139 @@
+"""Builds the store, catalog and embedding backend a run needs from settings, failing before any write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from faiss_builder.catalog.base import Catalog
+from faiss_builder.settings import Settings
+
+if TYPE_CHECKING:
+    from modal_workers.types import EmbedOutput, FetchLimits, ImageRef
+    from sharding.storage import Storage
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot work; the message names the setting and how to fix it."""
+
+
+class EmbedBackend(Protocol):
+    """Something that embeds batches of image references: in-process or on Modal."""
+
+    def describe(self) -> dict[str, Any]:
+        """{"embedder": name, "model": model id, "dims": {kind: dim}}."""
+        ...
+
+    def embed(
+        self, refs: list[ImageRef], kinds: list[str], limits: FetchLimits
+    ) -> EmbedOutput: ...
+
+
+class LocalBackend:
+    """Runs the same embedding pipeline as the Modal worker, in this process."""
+
+    def __init__(self, embedder_name: str, model: str | None, device: str | None = None) -> None:
+        from modal_workers.embedders import load_embedder
+
+        self.embedder = load_embedder(embedder_name, model, device=device)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "embedder": self.embedder.name,
+            "model": self.embedder.model_id,
+            "dims": dict(self.embedder.dims),
+        }
+
+    def embed(self, refs: list[ImageRef], kinds: list[str], limits: FetchLimits) -> EmbedOutput:
+        from modal_workers.pipeline import embed_refs
+
+        return embed_refs(refs, kinds, self.embedder, limits)
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The index store named by `store`: a local folder, or `supabase`."""
+    if settings.store.store == "supabase":
+        return _open_supabase_storage(settings)
+    from sharding.local_store import LocalStore
+
+    return LocalStore(Path(settings.store.store))
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    """The product source named by `catalog`: a CSV/JSONL file, or `supabase`."""
+    if settings.catalog.catalog == "supabase":
+        return _open_supabase_catalog(settings)
+    from faiss_builder.catalog.local import CatalogError, LocalCatalog
+
+    try:
+        return LocalCatalog(settings.catalog.catalog)
+    except CatalogError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def open_backend(settings: Settings, embedder: str, model: str | None) -> EmbedBackend:
+    """The embedding backend: in-process (`local`) or the deployed Modal class (`modal`)."""
+    model_arg = model if embedder == "clip" else None
+    if settings.embed.backend == "modal":
+        from modal_workers.remote import ModalEmbedClient
+
+        return ModalEmbedClient(
+            embedder=embedder,
+            model=model_arg,
+            app_name=settings.modal.app_name,
+            cls_name=settings.modal.class_name,
+        )
+    return LocalBackend(embedder, model_arg, device=settings.embed.device)
+
+
+def fetch_limits(settings: Settings, catalog: Catalog) -> FetchLimits:
+    """Fetch limits for this catalog; local file paths are allowed only for local catalog files."""
+    from modal_workers.types import FetchLimits
+
+    fetch = settings.fetch
+    return FetchLimits(
+        max_bytes=fetch.fetch_max_bytes,
+        timeout_s=fetch.fetch_timeout_s,
+        max_pixels=fetch.fetch_max_pixels,
+        allow_private_urls=fetch.allow_private_urls,
+        local_root=catalog.local_root,
+    )
+
+
+def supabase_credentials(settings: Settings) -> tuple[str, Any]:
+    """(url, SecretStr key) or a ConfigError naming the missing variables."""
+    supabase = settings.supabase
+    missing = [
+        name
+        for name, value in (("SUPABASE_URL", supabase.url), ("SUPABASE_KEY", supabase.key))
+        if not value
+    ]
+    if missing:
+        raise ConfigError(f"Supabase is selected but {' and '.join(missing)} not set")
+    assert supabase.url is not None and supabase.key is not None
+    return supabase.url, supabase.key
+
+
+def _open_supabase_storage(settings: Settings) -> Storage:
+    from sharding.supabase_store import SupabaseStore, create_supabase_client
+
+    url, key = supabase_credentials(settings)
+    client = create_supabase_client(url, key, settings.supabase.timeout_s)
+    return SupabaseStore(client, settings.supabase.bucket, prefix=settings.store.store_prefix)
+
+
+def _open_supabase_catalog(settings: Settings) -> Catalog:
+    from faiss_builder.catalog.supabase import SupabaseCatalog
+    from sharding.supabase_store import create_supabase_client
+
+    url, key = supabase_credentials(settings)
+    catalog = settings.catalog
+    return SupabaseCatalog(
+        create_supabase_client(url, key, settings.supabase.timeout_s),
+        table=catalog.catalog_table,
+        id_column=catalog.catalog_id_column,
+        url_column=catalog.catalog_url_column,
+        brand_column=catalog.catalog_brand_column,
+        sign_bucket=catalog.image_bucket,
+        sign_expires_s=catalog.signed_url_ttl_s,
+    )

@@ -1,0 +1,54 @@
+"""Exit codes of the CLI and the one-line reason shown for each known failure."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1  # the alignment check (or doctor) found a problem
+EXIT_CONFIG = 2  # bad configuration or usage: nothing was written
+EXIT_STORAGE = 3  # storage unreachable or refusing our credentials
+EXIT_STATE = 4  # resume refused or corrupted store state: nothing was overwritten
+EXIT_BUSY = 5  # another run holds the store's lease
+
+
+class UsageError(ValueError):
+    """Flags that do not make sense together."""
+
+
+def describe(exc: BaseException) -> tuple[int | None, str]:
+    """(exit code, one-line reason) for a known failure; (None, ...) lets it surface as a bug."""
+    for kinds, code in _table():
+        if isinstance(exc, kinds):
+            return code, _one_line(exc)
+    return None, _one_line(exc)
+
+
+def _table() -> list[tuple[tuple[type[BaseException], ...], int]]:
+    # Imported here: the CLI's first output must not wait for heavy modules.
+    from pydantic import ValidationError
+
+    from faiss_builder.catalog.local import CatalogError
+    from faiss_builder.connect import ConfigError
+    from modal_workers.errors import EmbedderLoadError, ModalNotConfigured
+    from sharding.errors import LeaseHeld, LeaseLost, StateError, StorageError
+
+    return [
+        ((StateError,), EXIT_STATE),
+        ((LeaseHeld, LeaseLost), EXIT_BUSY),
+        ((StorageError,), EXIT_STORAGE),
+        (
+            (
+                UsageError,
+                ConfigError,
+                CatalogError,
+                ValidationError,
+                EmbedderLoadError,
+                ModalNotConfigured,
+            ),
+            EXIT_CONFIG,
+        ),
+    ]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 600 else text[:597] + "..."

@@ -1,0 +1,218 @@
+"""What each CLI command does; search, status and check call the library directly (no Prefect)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from faiss_builder.connect import (
+    LocalBackend,
+    fetch_limits,
+    open_catalog,
+    open_storage,
+)
+from faiss_builder.settings import Settings
+
+# `status --failed` prints at most this many; --json gets them all.
+FAILED_SHOWN = 50
+
+
+def run_build(settings: Settings, *, show_progress: bool) -> dict[str, Any]:
+    """Run the build-index flow in this process (ephemeral Prefect server unless PREFECT_API_URL)."""
+    from flows.build_index import build_index
+    from tasks import progress_events
+
+    embed, catalog, fetch = settings.embed, settings.catalog, settings.fetch
+    with _progress_bar(show_progress) as listener:
+        unsubscribe = progress_events.subscribe(listener)
+        try:
+            return build_index(
+                kinds=list(embed.kinds),
+                max_images=embed.max_images,
+                batch_size=embed.batch_size,
+                backend=embed.backend,
+                embedder=embed.embedder,
+                model=embed.model,
+                max_in_flight=embed.max_in_flight,
+                store=settings.store.store,
+                catalog=catalog.catalog,
+                allow_private_urls=fetch.allow_private_urls,
+                lease_wait_s=settings.store.lease_wait_s,
+            )
+        finally:
+            unsubscribe()
+
+
+def run_check(settings: Settings, *, sample: int, kinds: list[str] | None) -> dict[str, Any]:
+    """Structural checks of each kind (default: all in the store), then a re-embedded sample."""
+    from faiss_builder.verify import run_alignment_check
+
+    return run_alignment_check(settings, kinds=kinds, sample=sample)
+
+
+def run_search(
+    settings: Settings, *, kind: str, k: int, image: str | None, product_id: str | None
+) -> dict[str, Any]:
+    """Top-k neighbours of an indexed product (its stored vector) or of a query image."""
+    from sharding.loader import load_index
+    from sharding.progress import read_progress
+
+    storage = open_storage(settings)
+    progress = read_progress(storage)
+    index = load_index(storage, kind, cache_dir=_cache_dir(settings))
+    if product_id is not None:
+        query_id = _as_indexed_id(product_id, index.ids)
+        vector, query = index.vector(query_id), f"product {query_id!r}"
+    else:
+        assert image is not None
+        vector, query = _embed_query(settings, progress, kind, image), image
+    hits = index.search(vector.reshape(1, -1), k)[0]
+    brands = _brands(settings, [hit.id for hit in hits])
+    return {
+        "kind": kind,
+        "query": query,
+        "embedder": f"{progress.embedder} ({progress.model})",
+        "hits": [{"id": h.id, "score": float(h.score), "brand": brands.get(h.id)} for h in hits],
+    }
+
+
+def run_status(settings: Settings, *, include_failures: bool) -> dict[str, Any]:
+    """The committed state of the store, read from progress.json."""
+    from sharding.errors import ObjectNotFound
+    from sharding.failures import list_failures
+    from sharding.progress import read_progress
+
+    storage = open_storage(settings)
+    try:
+        progress = read_progress(storage)
+    except ObjectNotFound:
+        return {"store": storage.describe(), "initialised": False}
+    result: dict[str, Any] = {
+        "store": storage.describe(),
+        "initialised": True,
+        "embedder": progress.embedder,
+        "model": progress.model,
+        "commit_seq": progress.commit_seq,
+        "run_id": progress.run_id,
+        "written_at": progress.written_at.isoformat(),
+        "shard_max_vectors": progress.shard_max_vectors,
+        "shard_max_bytes": progress.shard_max_bytes,
+        "kinds": {kind: _kind_status(kp) for kind, kp in progress.kinds.items()},
+        "failed_count": progress.failures.total,
+    }
+    if include_failures:
+        result["failures"] = [
+            {"id": f.id, "reason": f.reason, "message": f.message, "kinds": f.kinds}
+            for f in list_failures(storage, progress)
+        ]
+    return result
+
+
+def run_doctor(settings: Settings) -> dict[str, Any]:
+    """Connectivity and configuration checks that write nothing."""
+    from faiss_builder.doctor import run_checks
+
+    checks = run_checks(settings)
+    return {
+        "ok": all(check.ok for check in checks),
+        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+    }
+
+
+def _kind_status(kp: Any) -> dict[str, Any]:
+    return {
+        "vectors": kp.total_vectors,
+        "shards": sum(segment.shards for segment in kp.segments) + len(kp.shards),
+        "dim": kp.dim,
+        "cursor": kp.cursor,
+        "brands": len(kp.vectors_per_brand),
+    }
+
+
+def _embed_query(settings: Settings, progress: Any, kind: str, image: str) -> Any:
+    """Embed the query image with the embedder the index was built with."""
+    from dataclasses import replace
+
+    from modal_workers.types import ImageRef
+
+    backend = LocalBackend(progress.embedder, progress.model or None, device=settings.embed.device)
+    catalog_like = _QueryImage(image)
+    limits = replace(fetch_limits(settings, catalog_like), local_root=catalog_like.local_root)
+    output = backend.embed([ImageRef(id="query", url=catalog_like.url)], [kind], limits)
+    if output.failures:
+        failure = output.failures[0]
+        raise ValueError(f"query image {image}: {failure.reason}: {failure.message}")
+    return output.vectors[kind][0]
+
+
+class _QueryImage:
+    """A query image given on the command line: a URL, or a local file the user pointed at."""
+
+    def __init__(self, image: str) -> None:
+        is_url = image.startswith(("http://", "https://"))
+        path = Path(image).resolve()
+        self.local_root: str | None = None if is_url else str(path.parent)
+        self.url = image if is_url else path.name
+
+
+def _brands(settings: Settings, ids: list[Any]) -> dict[Any, str | None]:
+    """Brands of the hits from the catalog, when a catalog is configured and readable."""
+    try:
+        return {product.id: product.brand for product in open_catalog(settings).get(ids)}
+    except Exception:
+        return {}
+
+
+def _as_indexed_id(text: str, ids: list[Any]) -> Any:
+    """Ids from the command line are text; match the index's own id type."""
+    if ids and isinstance(ids[0], int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"--id {text!r}: this index has integer product ids") from None
+    return text
+
+
+def _cache_dir(settings: Settings) -> Path | None:
+    return Path(settings.store.cache_dir) if settings.store.cache_dir else None
+
+
+class _progress_bar:  # noqa: N801 - used as a context manager
+    """A rich progress bar on stderr fed by the flow's progress events (or nothing when hidden)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Any:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self._progress = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._progress.start()
+        return self._on_event
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def _on_event(self, event: str, data: dict[str, Any]) -> None:
+        if self._progress is None:
+            return
+        if event == "start":
+            self._task = self._progress.add_task("embedding", total=data.get("total"))
+        elif event == "batch" and self._task is not None:
+            self._progress.update(
+                self._task,
+                completed=data["done"],
+                description=f"embedding ({data['failed']} failed)",
+            )

@@ -1,0 +1,147 @@
+"""Settings, one class per concern, read once at the edge (CLI or flow entry) and passed down frozen."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Kind = Literal["color", "structure", "combined"]
+ALL_KINDS: tuple[Kind, ...] = ("color", "structure", "combined")
+EmbedderName = Literal["clip", "histogram"]
+Backend = Literal["local", "modal"]
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+
+_ENV = {"env_file": ".env", "env_file_encoding": "utf-8", "extra": "ignore", "frozen": True}
+
+
+class StoreSettings(BaseSettings):
+    """Where the index lives and how it is sharded."""
+
+    model_config = SettingsConfigDict(env_prefix="FAISS_BUILDER_", **_ENV)  # type: ignore[typeddict-item]
+
+    store: str = Field("faiss-store", description="A local folder, or `supabase` for Supabase Storage.")
+    store_prefix: str = Field("faiss/", description="Object prefix inside the Supabase bucket.")
+    shard_max_vectors: int = Field(1000, gt=0, description="Seal a shard at this many vectors.")
+    shard_max_bytes: int = Field(
+        45_000_000, gt=0, description="Seal a shard before its file could pass this size."
+    )
+    cache_dir: str | None = Field(None, description="Local cache for downloaded shards (search).")
+    lease_ttl_s: float = Field(300.0, gt=0, description="How long a writer's store lease lasts.")
+    lease_wait_s: float = Field(0.0, ge=0, description="How long a second writer waits.")
+    crash_after_writes: int | None = Field(
+        None, description="Testing hook: raise after this many storage writes."
+    )
+
+
+class CatalogSettings(BaseSettings):
+    """Where pending products come from."""
+
+    model_config = SettingsConfigDict(env_prefix="FAISS_BUILDER_", **_ENV)  # type: ignore[typeddict-item]
+
+    catalog: str = Field(
+        "catalog.csv", description="A CSV/JSONL file, or `supabase` for the product table."
+    )
+    catalog_table: str = Field("product_images", description="Supabase table of products.")
+    catalog_id_column: str = "id"
+    catalog_url_column: str = "image_url"
+    catalog_brand_column: str = "brand"
+    image_bucket: str | None = Field(
+        None, description="Private bucket whose object paths in image_url are signed before fetch."
+    )
+    signed_url_ttl_s: int = Field(3600, gt=0, description="Lifetime of signed image URLs.")
+
+
+class EmbedSettings(BaseSettings):
+    """What embeds the images, where, and in which batches."""
+
+    model_config = SettingsConfigDict(env_prefix="FAISS_BUILDER_", **_ENV)  # type: ignore[typeddict-item]
+
+    kinds: tuple[Kind, ...] = Field(ALL_KINDS, description="Index kinds to build.")
+    embedder: EmbedderName = Field("clip", description="`clip` or the weight-free `histogram`.")
+    model: str = Field(DEFAULT_CLIP_MODEL, description="CLIP model id or local folder.")
+    backend: Backend = Field("local", description="`local` (in-process) or `modal` (A10G).")
+    batch_size: int = Field(256, gt=0, le=4096, description="Products per embedding batch.")
+    max_in_flight: int = Field(2, gt=0, le=64, description="Embedding batches in flight at once.")
+    max_images: int | None = Field(None, gt=0, description="Stop after this many products.")
+    device: str | None = Field(None, description="Torch device for local CLIP (auto if unset).")
+
+    @field_validator("kinds", mode="before")
+    @classmethod
+    def _split_kinds(cls, value: object) -> object:
+        return parse_kinds(value) if isinstance(value, str) else value
+
+
+class FetchSettings(BaseSettings):
+    """Limits on fetching untrusted image URLs."""
+
+    model_config = SettingsConfigDict(env_prefix="FAISS_BUILDER_", **_ENV)  # type: ignore[typeddict-item]
+
+    allow_private_urls: bool = Field(
+        False, description="Allow loopback/private/link-local image hosts (local testing only)."
+    )
+    fetch_timeout_s: float = Field(20.0, gt=0, description="Wall-clock deadline per image.")
+    fetch_max_bytes: int = Field(20_000_000, gt=0, description="Largest image body accepted.")
+    fetch_max_pixels: int = Field(40_000_000, gt=0, description="Largest decoded image accepted.")
+
+
+class SupabaseSettings(BaseSettings):
+    """The Supabase project (storage bucket and product table)."""
+
+    model_config = SettingsConfigDict(env_prefix="SUPABASE_", **_ENV)  # type: ignore[typeddict-item]
+
+    url: str | None = Field(None, description="Project URL, https://<ref>.supabase.co")
+    key: SecretStr | None = Field(None, description="Service-role key (server side only).")
+    bucket: str = Field("faiss-indexes", description="Storage bucket for the index objects.")
+    timeout_s: float = Field(30.0, gt=0, description="HTTP timeout for Supabase requests.")
+
+
+class ModalSettings(BaseSettings):
+    """The deployed Modal app that embeds on A10G GPUs."""
+
+    model_config = SettingsConfigDict(env_prefix="FAISS_BUILDER_MODAL_", **_ENV)  # type: ignore[typeddict-item]
+
+    app_name: str = Field("modal-faiss-builder", description="Deployed Modal app name.")
+    class_name: str = Field("Embedder", description="Modal class inside the app.")
+
+
+class Settings:
+    """All concerns together; built once by `load_settings`."""
+
+    def __init__(self, **overrides: object) -> None:
+        self.store = StoreSettings(**_pick(StoreSettings, overrides))
+        self.catalog = CatalogSettings(**_pick(CatalogSettings, overrides))
+        self.embed = EmbedSettings(**_pick(EmbedSettings, overrides))
+        self.fetch = FetchSettings(**_pick(FetchSettings, overrides))
+        self.supabase = SupabaseSettings(**_pick_prefixed("supabase_", overrides))
+        self.modal = ModalSettings(**_pick_prefixed("modal_", overrides))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from env/.env, with explicit (non-None) overrides from the CLI or flow parameters."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def parse_kinds(value: object) -> tuple[str, ...]:
+    """`"color,structure"` or a sequence → validated, de-duplicated kinds in canonical order."""
+    items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    wanted = {str(item).strip() for item in items if str(item).strip()}
+    unknown = wanted - set(ALL_KINDS)
+    if unknown or not wanted:
+        raise ValueError(
+            f"unknown index kind(s) {sorted(unknown)}; choose from {', '.join(ALL_KINDS)}"
+        )
+    return tuple(kind for kind in ALL_KINDS if kind in wanted)
+
+
+def _pick(model: type[BaseSettings], overrides: dict[str, object]) -> dict[str, object]:
+    return {key: value for key, value in overrides.items() if key in model.model_fields}
+
+
+def _pick_prefixed(prefix: str, overrides: dict[str, object]) -> dict[str, object]:
+    return {
+        key.removeprefix(prefix): value
+        for key, value in overrides.items()
+        if key.startswith(prefix)
+    }

@@ -1,0 +1,117 @@
+"""The `build-index` flow: catalog pages → embedding batches in flight → ordered append and commit."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from faiss_builder.catalog.base import Product
+from faiss_builder.settings import Backend, EmbedderName, Kind, load_settings
+from tasks import progress_events
+from tasks.artifacts import publish_summary, report_progress, start_progress
+from tasks.build import (
+    BuildSession,
+    embed_batch,
+    fetch_page,
+    finish_build,
+    release_lease,
+    start_build,
+    write_batch,
+)
+
+InFlight = deque[tuple[list[Product], PrefectFuture[Any]]]
+
+
+@flow(name="build-index", task_runner=ThreadPoolTaskRunner(max_workers=16))  # type: ignore[arg-type]
+def build_index(
+    kinds: list[Kind] | None = None,
+    max_images: int | None = None,
+    batch_size: int | None = None,
+    backend: Backend | None = None,
+    embedder: EmbedderName | None = None,
+    model: str | None = None,
+    max_in_flight: int | None = None,
+    store: str | None = None,
+    catalog: str | None = None,
+    allow_private_urls: bool | None = None,
+    lease_wait_s: float | None = None,
+) -> dict[str, Any]:
+    """Embed pending catalog products into the FAISS shards of each kind; resumable at any point.
+
+    Every parameter left empty comes from settings (FAISS_BUILDER_* variables or .env): kinds
+    default to all three, batch_size to 256, backend to local, embedder to clip with
+    openai/clip-vit-base-patch32. A second run on the same store waits up to `lease_wait_s` for
+    the store lease, then exits with a clear message.
+    """
+    settings = load_settings(
+        kinds=tuple(kinds) if kinds else None,
+        max_images=max_images,
+        batch_size=batch_size,
+        backend=backend,
+        embedder=embedder,
+        model=model,
+        max_in_flight=max_in_flight,
+        store=store,
+        catalog=catalog,
+        allow_private_urls=allow_private_urls,
+        lease_wait_s=lease_wait_s,
+    )
+    session = start_build(settings, str(flow_run.get_id() or "local"))
+    try:
+        _run_batches(session, settings.embed.batch_size, settings.embed.max_in_flight)
+        summary = finish_build(session)
+    finally:
+        release_lease(session)
+    publish_summary(summary)
+    get_run_logger().info(
+        "built %s: %s products, %s failed, %s images/s",
+        ", ".join(summary["kinds"]),
+        summary["products"],
+        summary["failed"],
+        summary["images_per_s"],
+    )
+    return summary
+
+
+def _run_batches(session: BuildSession, batch_size: int, max_in_flight: int) -> None:
+    """Keep up to `max_in_flight` embedding batches running; write results strictly in batch order."""
+    artifact = start_progress(session.storage.describe())
+    total = _pending_total(session)
+    progress_events.publish("start", total=total)
+    in_flight: InFlight = deque()
+    after = session.writer.resume_after()
+    while limit := session.room_left(batch_size, _queued(in_flight)):
+        products = fetch_page(session.catalog, after, limit)
+        if not products:
+            break
+        after = products[-1].id
+        future = embed_batch.submit(session.backend, products, session.kinds, session.limits)
+        in_flight.append((products, future))
+        if len(in_flight) >= max_in_flight:
+            _write_oldest(session, in_flight, artifact, total)
+    while in_flight:
+        _write_oldest(session, in_flight, artifact, total)
+
+
+def _write_oldest(session: BuildSession, in_flight: InFlight, artifact: Any, total: int | None) -> None:
+    products, future = in_flight.popleft()
+    write_batch(session, products, future.result())
+    report_progress(artifact, session.stats.products, total)
+
+
+def _queued(in_flight: InFlight) -> int:
+    """Products fetched but not yet written count against max_images too."""
+    return sum(len(products) for products, _ in in_flight)
+
+
+def _pending_total(session: BuildSession) -> int | None:
+    count_after = getattr(session.catalog, "count_after", None)
+    if count_after is None:
+        return session.max_images
+    pending = int(count_after(session.writer.resume_after()))
+    return min(pending, session.max_images) if session.max_images else pending

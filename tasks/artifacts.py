@@ -1,0 +1,74 @@
+"""Prefect artifacts for a build: live progress, the final summary, vectors per brand, failures."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from prefect import task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NONE
+
+FAILURE_ROWS = 100
+
+
+@task(name="create-progress-artifact", cache_policy=NONE, persist_result=False)
+def start_progress(store: str) -> UUID:
+    return create_progress_artifact(
+        0.0, key="build-index-progress", description=f"Products processed into {store}"
+    )
+
+
+@task(name="update-progress-artifact", cache_policy=NONE, persist_result=False)
+def report_progress(artifact_id: UUID, done: int, total: int | None) -> None:
+    percent = 100.0 * done / total if total else 0.0
+    update_progress_artifact(
+        artifact_id, min(percent, 100.0), description=f"{done} of {total or '?'} products"
+    )
+
+
+@task(name="publish-build-summary", cache_policy=NONE, persist_result=False)
+def publish_summary(summary: dict[str, Any]) -> None:
+    """Markdown summary, per-brand table and the first failures, attached to the flow run."""
+    create_markdown_artifact(render_summary(summary), key="build-index-summary")
+    brand_rows = [
+        {"kind": kind, "brand": brand or "(none)", "vectors": count}
+        for kind, brands in summary["vectors_per_brand"].items()
+        for brand, count in sorted(brands.items())
+    ]
+    create_table_artifact(brand_rows, key="build-index-brands", description="Vectors per brand")
+    create_table_artifact(
+        summary["failures"][:FAILURE_ROWS] or [{"id": "", "reason": "", "message": "no failures"}],
+        key="build-index-failures",
+        description=f"Failed products of this run (first {FAILURE_ROWS}, with reasons)",
+    )
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    """A short markdown report of one build run."""
+    lines = [
+        f"# build-index run `{summary['run_id']}`",
+        "",
+        f"Store: {summary['store']}  ",
+        f"Embedder: **{summary['embedder']}** (`{summary['model']}`)",
+        "",
+        "| kind | vectors added | total vectors | shards |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {kind} | {summary['vectors_added'][kind]} | {summary['total_vectors'][kind]} "
+        f"| {summary['shards'][kind]} |"
+        for kind in summary["kinds"]
+    ]
+    lines += [
+        "",
+        f"Products processed: {summary['products']} in {summary['batches']} batches; "
+        f"failed: {summary['failed']}; skipped (already indexed): {summary.get('skipped', 0)}",
+        f"Throughput: {summary['images_per_s']} images/s over {summary['elapsed_s']} s",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,214 @@
+"""Prefect tasks of a build: open the run, fetch a page, embed it, write and commit it, finish."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from faiss_builder.catalog.base import Catalog, Product, ProductId
+from faiss_builder.connect import (
+    EmbedBackend,
+    fetch_limits,
+    open_backend,
+    open_catalog,
+    open_storage,
+)
+from faiss_builder.settings import Settings
+from tasks import progress_events
+from tasks.retry import RETRY_DELAYS_S, retry_transient_only
+
+if TYPE_CHECKING:
+    from modal_workers.types import EmbedOutput, FetchLimits
+    from sharding.lease import StoreLease
+    from sharding.storage import Storage
+    from sharding.writer import IndexWriter
+
+# Tasks pass live objects (writer, clients) between each other in one process: no caching,
+# no result persistence.
+_TASK_OPTIONS: dict[str, Any] = {"cache_policy": NONE, "persist_result": False}
+
+
+@dataclass
+class BuildStats:
+    """Counters for the run summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    products: int = 0
+    batches: int = 0
+    failed: int = 0
+    vectors: Counter[str] = field(default_factory=Counter)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass
+class BuildSession:
+    """Everything one build run holds open: clients, the writer and its lease."""
+
+    run_id: str
+    kinds: list[str]
+    storage: Storage
+    catalog: Catalog
+    backend: EmbedBackend
+    limits: FetchLimits
+    writer: IndexWriter
+    lease: StoreLease
+    max_images: int | None
+    stats: BuildStats = field(default_factory=BuildStats)
+
+    def room_left(self, batch_size: int, queued: int) -> int:
+        """How many products the next page may hold under max_images, given `queued` in flight."""
+        if self.max_images is None:
+            return batch_size
+        return max(0, min(batch_size, self.max_images - self.stats.products - queued))
+
+
+@task(name="start-build", **_TASK_OPTIONS)
+def start_build(settings: Settings, run_id: str) -> BuildSession:
+    """Connect everything and take the store lease; refuse bad configuration before any write."""
+    from sharding.lease import StoreLease
+    from sharding.writer import BuildConfig, IndexWriter
+
+    storage, catalog = open_storage(settings), open_catalog(settings)
+    embed = settings.embed
+    backend = open_backend(settings, embed.embedder, embed.model)
+    described = backend.describe()
+    config = BuildConfig(
+        embedder=described["embedder"],
+        model=described["model"],
+        dims={kind: described["dims"][kind] for kind in embed.kinds},
+        shard_max_vectors=settings.store.shard_max_vectors,
+        shard_max_bytes=settings.store.shard_max_bytes,
+    )
+    IndexWriter.check_compatible(storage, config)
+    lease = StoreLease.acquire(
+        storage, run_id, ttl_s=settings.store.lease_ttl_s, wait_s=settings.store.lease_wait_s
+    )
+    try:
+        writer = IndexWriter.open(
+            storage,
+            config,
+            run_id=run_id,
+            crash_after_writes=settings.store.crash_after_writes,
+            before_commit=lease.renew,
+        )
+    except BaseException:
+        lease.release()
+        raise
+    return BuildSession(
+        run_id=run_id,
+        kinds=list(embed.kinds),
+        storage=storage,
+        catalog=catalog,
+        backend=backend,
+        limits=fetch_limits(settings, catalog),
+        writer=writer,
+        lease=lease,
+        max_images=embed.max_images,
+    )
+
+
+@task(
+    name="fetch-page",
+    retries=3,
+    retry_delay_seconds=RETRY_DELAYS_S,
+    retry_condition_fn=retry_transient_only,
+    **_TASK_OPTIONS,
+)
+def fetch_page(catalog: Catalog, after: ProductId | None, limit: int) -> list[Product]:
+    """The next products in id order after `after`, with private-bucket paths signed for fetching."""
+    products = catalog.page(after, limit)
+    sign = getattr(catalog, "sign_for_fetch", None)
+    return sign(products) if sign is not None and products else products
+
+
+@task(
+    name="embed-batch",
+    retries=2,
+    retry_delay_seconds=RETRY_DELAYS_S,
+    retry_condition_fn=retry_transient_only,
+    **_TASK_OPTIONS,
+)
+def embed_batch(
+    backend: EmbedBackend, products: list[Product], kinds: list[str], limits: FetchLimits
+) -> EmbedOutput:
+    """Download and embed one batch; bad images come back as failures, not exceptions."""
+    from modal_workers.types import ImageRef
+
+    refs = [ImageRef(id=product.id, url=product.image_url) for product in products]
+    return backend.embed(refs, kinds, limits)
+
+
+@task(name="write-batch", **_TASK_OPTIONS)
+def write_batch(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
+    """Append the batch to the open shards, upload what changed, then commit progress.json."""
+    from sharding.writer import EmbeddedBatch, FailedProduct
+
+    brands = {product.id: product.brand for product in products}
+    session.writer.add_batch(
+        EmbeddedBatch(
+            ids=list(output.ids),
+            brands=[brands[product_id] for product_id in output.ids],
+            vectors=output.vectors,
+            failures=[
+                FailedProduct(id=f.id, reason=f.reason, message=f.message) for f in output.failures
+            ],
+            last_id=products[-1].id,
+        )
+    )
+    session.writer.commit()
+    _count(session, products, output)
+    progress_events.publish("batch", done=session.stats.products, failed=session.stats.failed)
+
+
+@task(name="finish-build", **_TASK_OPTIONS)
+def finish_build(session: BuildSession) -> dict[str, Any]:
+    """Refresh the full id maps and summarise the run."""
+    session.writer.finish()
+    progress = session.writer.progress
+    stats = session.stats
+    return {
+        "run_id": session.run_id,
+        "store": session.storage.describe(),
+        "embedder": progress.embedder,
+        "model": progress.model,
+        "kinds": session.kinds,
+        "products": stats.products,
+        "batches": stats.batches,
+        "failed": stats.failed,
+        "vectors_added": {kind: stats.vectors[kind] for kind in session.kinds},
+        "total_vectors": {kind: progress.kinds[kind].total_vectors for kind in session.kinds},
+        "shards": {kind: progress.shard_count(kind) for kind in session.kinds},
+        "elapsed_s": round(stats.elapsed_s, 3),
+        "images_per_s": round(stats.products / stats.elapsed_s, 2) if stats.elapsed_s else 0.0,
+        "failures": stats.failures[:100],
+        "vectors_per_brand": {
+            kind: dict(progress.kinds[kind].vectors_per_brand) for kind in session.kinds
+        },
+    }
+
+
+@task(name="release-lease", **_TASK_OPTIONS)
+def release_lease(session: BuildSession) -> None:
+    """Give the store back so the next run need not wait for the lease to expire."""
+    session.lease.release()
+
+
+def _count(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
+    stats = session.stats
+    stats.products += len(products)
+    stats.batches += 1
+    stats.failed += len(output.failures)
+    for kind in session.kinds:
+        stats.vectors[kind] += len(output.ids)
+    stats.failures.extend(
+        {"id": f.id, "reason": f.reason, "message": f.message} for f in output.failures
+    )

@@ -1,0 +1,67 @@
+"""Prefect tasks of the alignment check: structural checks, the re-embedded sample, the report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NONE
+
+from faiss_builder.connect import fetch_limits, open_backend, open_catalog, open_storage
+from faiss_builder.settings import Settings
+from faiss_builder.verify import SampleReport, render_check, store_kinds, verify_sample
+from tasks.retry import RETRY_DELAYS_S, retry_transient_only
+
+_OPTIONS: dict[str, Any] = {
+    "cache_policy": NONE,
+    "persist_result": False,
+    "retries": 2,
+    "retry_delay_seconds": RETRY_DELAYS_S,
+    "retry_condition_fn": retry_transient_only,
+}
+
+
+@task(name="check-store", **_OPTIONS)
+def check_store_task(settings: Settings, kinds: list[str] | None) -> Any:
+    """Counts, id maps, duplicates, objects, checksums, dimensions and norms of each kind."""
+    from sharding.checks import check_store
+
+    storage = open_storage(settings)
+    return check_store(storage, kinds or store_kinds(storage))
+
+
+@task(name="check-sample", **_OPTIONS)
+def check_sample_task(
+    settings: Settings, kinds: list[str], sample: int, threshold: float, seed: int | None
+) -> SampleReport:
+    """Re-embed a random sample with the index's own embedder; each must find itself."""
+    from sharding.progress import read_progress
+
+    storage, catalog = open_storage(settings), open_catalog(settings)
+    progress = read_progress(storage)
+    backend = open_backend(settings, progress.embedder, progress.model or None)
+    return verify_sample(
+        storage,
+        catalog,
+        backend,
+        kinds,
+        sample=sample,
+        limits=fetch_limits(settings, catalog),
+        threshold=threshold,
+        seed=seed,
+    )
+
+
+@task(name="publish-check-report", cache_policy=NONE, persist_result=False)
+def publish_check_report(report: Any, sample: SampleReport | None) -> None:
+    """The report as a markdown artifact, and the sample as a table."""
+    create_markdown_artifact(render_check(report, sample), key="alignment-check-report")
+    if sample is not None and sample.results:
+        create_table_artifact(
+            [
+                {"kind": r.kind, "id": r.id, "ok": r.ok, "score": r.score, "note": r.note}
+                for r in sample.results
+            ],
+            key="alignment-check-sample",
+        )
