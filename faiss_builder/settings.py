@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Kind = Literal["color", "structure", "combined"]
 ALL_KINDS: tuple[Kind, ...] = ("color", "structure", "combined")
@@ -58,7 +58,9 @@ class EmbedSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FAISS_BUILDER_", **_ENV)  # type: ignore[typeddict-item]
 
-    kinds: tuple[Kind, ...] = Field(ALL_KINDS, description="Index kinds to build.")
+    kinds: Annotated[tuple[Kind, ...], NoDecode] = Field(
+        ALL_KINDS, description="Index kinds to build, comma-separated."
+    )
     embedder: EmbedderName = Field("clip", description="`clip` or the weight-free `histogram`.")
     model: str = Field(DEFAULT_CLIP_MODEL, description="CLIP model id or local folder.")
     backend: Backend = Field("local", description="`local` (in-process) or `modal` (A10G).")

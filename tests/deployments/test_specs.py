@@ -1,0 +1,39 @@
+"""prefect.yaml and deployments/specs.py describe the same deployments, schedules and parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from prefect.client.schemas.schedules import CronSchedule
+
+from deployments.specs import DEPLOYMENTS, TIMEZONE, WORK_POOL
+
+ENTRYPOINTS = {
+    "build-index": "flows/build_index.py:build_index",
+    "alignment-check": "flows/alignment_check.py:alignment_check",
+}
+
+
+def _yaml_deployments() -> dict[str, dict]:
+    document = yaml.safe_load((Path(__file__).parents[2] / "prefect.yaml").read_text())
+    return {d["name"]: d for d in document["deployments"]}
+
+
+def test_prefect_yaml_matches_the_spec_table() -> None:
+    in_yaml = _yaml_deployments()
+    assert set(in_yaml) == {spec.name for spec in DEPLOYMENTS}
+    for spec in DEPLOYMENTS:
+        entry = in_yaml[spec.name]
+        assert entry["entrypoint"] == ENTRYPOINTS[spec.flow]
+        assert entry["parameters"] == spec.parameters
+        assert entry["schedules"] == [{"cron": spec.cron, "timezone": TIMEZONE}]
+        assert entry["concurrency_limit"]["limit"] == 1
+        assert entry["work_pool"]["name"] == WORK_POOL
+
+
+def test_every_build_kind_has_a_deployment_and_valid_cron() -> None:
+    names = {spec.full_name for spec in DEPLOYMENTS}
+    assert {"build-index/color", "build-index/structure", "build-index/combined"} <= names
+    for spec in DEPLOYMENTS:
+        assert CronSchedule(cron=spec.cron, timezone=TIMEZONE).cron == spec.cron
