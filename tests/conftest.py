@@ -35,3 +35,14 @@ def photos_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("photos")
     write_photos(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> object:
+    """One Prefect test server for the session (flows, the CLI in-process, and subprocesses)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        from prefect.settings import PREFECT_API_URL
+
+        yield PREFECT_API_URL.value()
