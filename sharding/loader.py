@@ -1,4 +1,4 @@
-"""Loading a kind's shards (parallel, sha256-checked, optionally cached) into one searchable index."""
+"""Loading a kind's shards (parallel, sha256-checked, cached) into one searchable index."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sharding.progress import Progress, ShardRecord
 from sharding.state import CommittedShard, load_shard, require_progress, shard_records
 from sharding.storage import Storage
 
-# faiss-cpu skips BLAS below this many queries; BLAS is ~13x faster for 100 queries over 1M (DESIGN §7).
+# faiss-cpu skips BLAS below this many queries; BLAS is ~13x faster at 100 queries (DESIGN §7).
 _BLAS_THRESHOLD = 20
 
 
@@ -93,18 +93,24 @@ def _merge(kind: str, dim: int, shards: list[CommittedShard], progress: Progress
         merged.merge_from(shard.index)
         ids.extend(shard.ids)
     if merged.ntotal != len(ids) or len(ids) != progress.kinds[kind].total_vectors:
-        raise StateError(f"{kind}: {merged.ntotal} vectors, {len(ids)} ids, progress says "
-                         f"{progress.kinds[kind].total_vectors}")
+        raise StateError(
+            f"{kind}: {merged.ntotal} vectors, {len(ids)} ids, progress says "
+            f"{progress.kinds[kind].total_vectors}"
+        )
     return ShardedIndex(kind, dim, merged, ids, progress)
 
 
 class _CachedFetch:
-    """Fetch through a local cache keyed by the committed sha256 (bytes reused only if they match)."""
+    """Fetch through a local cache keyed by the committed sha256 (reused only if it matches)."""
 
-    def __init__(self, storage: Storage, cache_dir: Path | None, records: list[ShardRecord]) -> None:
+    def __init__(
+        self, storage: Storage, cache_dir: Path | None, records: list[ShardRecord]
+    ) -> None:
         self.storage = storage
         self.cache_dir = cache_dir
-        self.sha = {r.name: r.sha256 for r in records} | {r.id_map: r.id_map_sha256 for r in records}
+        self.sha = {r.name: r.sha256 for r in records} | {
+            r.id_map: r.id_map_sha256 for r in records
+        }
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
 

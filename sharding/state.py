@@ -1,4 +1,4 @@
-"""Reading the committed state: progress.json, manifest segments, failure chunks, verified objects."""
+"""Reading the committed state: progress.json, manifest segments, failure chunks, shards."""
 
 from __future__ import annotations
 
@@ -89,11 +89,13 @@ class CommittedShard:
 Fetch = Callable[[str], bytes]
 
 
-def load_shard(storage: Storage, record: ShardRecord, dim: int, fetch: Fetch | None = None) -> CommittedShard:
+def load_shard(
+    storage: Storage, record: ShardRecord, dim: int, fetch: Fetch | None = None
+) -> CommittedShard:
     """Read a committed shard; an open shard overwritten by an uncommitted run is truncated back."""
     fetch = fetch or storage.get
-    index, trimmed_index = _committed_index(_fetch(fetch, record.name), record, dim)
-    ids, trimmed_ids = _committed_ids(_fetch(fetch, record.id_map), record)
+    index, trimmed_index = committed_index(_fetch(fetch, record.name), record, dim)
+    ids, trimmed_ids = committed_ids(_fetch(fetch, record.id_map), record)
     return CommittedShard(index, ids, trimmed_index or trimmed_ids)
 
 
@@ -104,7 +106,7 @@ def _fetch(fetch: Fetch, name: str) -> bytes:
         raise StateError(f"{name} is named by {names.PROGRESS} but missing") from exc
 
 
-def _committed_index(data: bytes, record: ShardRecord, dim: int) -> tuple[faiss.Index, bool]:
+def committed_index(data: bytes, record: ShardRecord, dim: int) -> tuple[faiss.Index, bool]:
     exact = sha256_hex(data) == record.sha256
     if not exact and record.sealed:
         raise StateError(f"{record.name}: sha256 differs from the one committed (sealed shard)")
@@ -124,7 +126,7 @@ def _committed_index(data: bytes, record: ShardRecord, dim: int) -> tuple[faiss.
     return decode_index(kept), True
 
 
-def _committed_ids(data: bytes, record: ShardRecord) -> tuple[list[ProductId], bool]:
+def committed_ids(data: bytes, record: ShardRecord) -> tuple[list[ProductId], bool]:
     exact = sha256_hex(data) == record.id_map_sha256
     if not exact and record.sealed:
         raise StateError(f"{record.id_map}: sha256 differs from the one committed (sealed shard)")

@@ -27,7 +27,6 @@ from sharding.progress import (
     UNKNOWN_BRAND,
     FailureChunk,
     FailureChunkRef,
-    FailureLog,
     FailureRecord,
     KindProgress,
     ManifestSegment,
@@ -58,7 +57,9 @@ class BuildConfig:
             if not _KIND_NAME.match(kind) or dim < 1:
                 raise ValueError(f"bad kind/dimension {kind!r}: {dim}")
             if self.capacity(kind) < 1:
-                raise ValueError(f"shard_max_bytes {self.shard_max_bytes} is below one {dim}-d vector")
+                raise ValueError(
+                    f"shard_max_bytes {self.shard_max_bytes} is below one {dim}-d vector"
+                )
 
     def capacity(self, kind: str) -> int:
         return shard_capacity(self.dims[kind], self.shard_max_vectors, self.shard_max_bytes)
@@ -118,7 +119,9 @@ class _Shard:
 
     def record(self, index_bytes: bytes, id_bytes: bytes, kind: str, sealed: bool) -> ShardRecord:
         if len(self.ids) != len(self.vectors):
-            raise StateError(f"{kind} shard {self.number}: {len(self.vectors)} vectors, {len(self.ids)} ids")
+            raise StateError(
+                f"{kind} shard {self.number}: {len(self.vectors)} vectors, {len(self.ids)} ids"
+            )
         return ShardRecord(
             number=self.number,
             name=names.shard_index(kind, self.number),
@@ -233,7 +236,9 @@ class IndexWriter:
         if crash_after_writes is not None:
             storage = CrashingStorage(storage, crash_after_writes, crash_when)
         kinds = {kind: _restore_kind(storage, progress, config, kind) for kind in config.dims}
-        return cls(storage, config, run_id, progress, kinds, before_commit, rollup or RollupLimits())
+        return cls(
+            storage, config, run_id, progress, kinds, before_commit, rollup or RollupLimits()
+        )
 
     def cursor(self, kind: str) -> ProductId | None:
         """The committed-or-pending cursor of a kind this run builds (None: nothing covered)."""
@@ -300,7 +305,11 @@ class IndexWriter:
             if kinds:
                 message = failure.message[: self._rollup.message_chars]
                 record = FailureRecord(
-                    id=failure.id, reason=failure.reason, message=message, kinds=kinds, run_id=self.run_id
+                    id=failure.id,
+                    reason=failure.reason,
+                    message=message,
+                    kinds=kinds,
+                    run_id=self.run_id,
                 )
                 self._failures.recent.append(record)
                 self._failures.total += 1
@@ -352,7 +361,9 @@ class IndexWriter:
             name = names.failure_chunk(len(self._failures.chunks) + 1)
             data = FailureChunk(failures=records).model_dump_json().encode()
             self.storage.put(name, data)
-            self._failures.chunks.append(FailureChunkRef(name=name, sha256=sha256_hex(data), count=size))
+            self._failures.chunks.append(
+                FailureChunkRef(name=name, sha256=sha256_hex(data), count=size)
+            )
             self._failures.recent = self._failures.recent[size:]
 
     def _resolve_inflight(self) -> None:
@@ -392,15 +403,20 @@ def check_resume(progress: Progress, config: BuildConfig, where: str) -> None:
     for kind, dim in config.dims.items():
         if kind in progress.kinds:
             wanted[f"{kind} dimension"] = (progress.kinds[kind].dim, dim)
-    diffs = [f"{key} {old!r} (this run: {new!r})" for key, (old, new) in wanted.items() if old != new]
+    diffs = [
+        f"{key} {old!r} (this run: {new!r})" for key, (old, new) in wanted.items() if old != new
+    ]
     if diffs:
         raise ResumeRefused(
-            f"refusing to resume {where}: it was built with " + "; ".join(diffs)
+            f"refusing to resume {where}: it was built with "
+            + "; ".join(diffs)
             + ". Use a new store, or run with the settings it was built with."
         )
 
 
-def uncommitted_objects(listed: Sequence[str], progress: Progress, kinds: Sequence[str]) -> list[str]:
+def uncommitted_objects(
+    listed: Sequence[str], progress: Progress, kinds: Sequence[str]
+) -> list[str]:
     """Layout objects of these kinds (and failure chunks) that no commit refers to."""
     last_shard = {k: progress.kinds[k].last_shard_number() for k in kinds if k in progress.kinds}
     segments = {k: len(progress.kinds[k].segments) for k in kinds if k in progress.kinds}
@@ -433,7 +449,9 @@ def _empty_progress(config: BuildConfig, run_id: str) -> Progress:
     )
 
 
-def _restore_kind(storage: Storage, progress: Progress, config: BuildConfig, kind: str) -> _KindState:
+def _restore_kind(
+    storage: Storage, progress: Progress, config: BuildConfig, kind: str
+) -> _KindState:
     dim = config.dims[kind]
     kp = progress.kinds.get(kind) or KindProgress(dim=dim)
     open_record = kp.open_shard()
