@@ -11,7 +11,7 @@ Two ways to get a stack:
 
 The official supabase client talks to `{url}/rest/v1/` and `{url}/storage/v1/` (as behind
 Supabase's API gateway), while PostgREST serves at `/`. A small in-process gateway maps the
-prefixes, checks the `apikey` header like Supabase's gateway does, and can mount a Storage
+prefixes, checks the `apikey` header on REST calls like Supabase's gateway, and can mount a Storage
 server at /storage/v1, so one URL serves both halves of a project.
 """
 
@@ -333,8 +333,9 @@ class _GatewayHandler(http.server.BaseHTTPRequestHandler):
         target = self.gateway.upstream_for(self.path)
         if target is None:
             return self._reply(404, b'{"message":"no Route matched with those values"}')
-        if not self.headers.get("apikey"):
-            # Supabase's gateway refuses requests without an API key before any service sees them.
+        if self.path.startswith("/rest/v1") and not self.headers.get("apikey"):
+            # Supabase's gateway refuses REST calls without an API key before PostgREST sees
+            # them; Storage routes stay open there (signed URLs carry their own token).
             return self._reply(401, b'{"message":"No API key found in request"}')
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         try:

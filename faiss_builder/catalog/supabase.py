@@ -1,0 +1,326 @@
+"""The Supabase catalog: keyset pages of a PostgREST table; bulk signing of private image paths."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import httpx
+from postgrest.exceptions import APIError
+from pydantic import SecretStr
+
+from faiss_builder.catalog.base import Product, ProductId
+from faiss_builder.catalog.local import CatalogError
+
+if TYPE_CHECKING:
+    from supabase import Client
+
+log = logging.getLogger(__name__)
+
+#: Hosted Supabase answers at most this many rows per request, silently (PostgREST db-max-rows).
+POSTGREST_MAX_ROWS = 1000
+#: Ids per `in.(...)` filter: keeps the request URL well under common 8 KB limits, even for uuids.
+GET_CHUNK = 100
+#: Paths per create_signed_urls request.
+SIGN_CHUNK = 500
+MIGRATION = "supabase/migrations/0001_product_images.sql"
+
+# PostgREST / PostgreSQL error codes (https://docs.postgrest.org/en/stable/references/errors.html).
+_MISSING_TABLE = {"42P01", "PGRST205"}
+_MISSING_COLUMN = {"42703", "PGRST204"}
+_PERMISSION = {"42501"}
+_BAD_KEY = {"PGRST300", "PGRST301", "PGRST302", "401", "403"}
+_TRANSIENT = {"PGRST000", "PGRST001", "PGRST002", "PGRST003", "57014"}
+
+
+class SupabaseCatalogError(CatalogError):
+    """The Supabase catalog cannot be read; the message names the table or column, never a key."""
+
+    transient: bool = False
+
+
+class CatalogUnavailable(SupabaseCatalogError):
+    """Supabase did not answer (network, timeout, 5xx): worth retrying."""
+
+    transient = True
+
+
+def create_catalog_client(
+    url: str, key: SecretStr, timeout_s: float, *, retry_reads: bool = True
+) -> Client:
+    """A supabase client for server-side reads: no session persistence, bounded timeouts.
+
+    `retry_reads` keeps postgrest-py's own retries of failed GETs (3, backing off 1-4 s); turn
+    it off where an outer layer (a Prefect task) already retries.
+    """
+    from supabase import ClientOptions, create_client
+
+    options = ClientOptions(
+        auto_refresh_token=False,
+        persist_session=False,
+        httpx_client=httpx.Client(timeout=timeout_s, follow_redirects=True),
+        postgrest_client_retry=retry_reads,
+    )
+    return create_client(url, key.get_secret_value(), options=options)
+
+
+class SupabaseCatalog:
+    """Products from a Supabase (PostgREST) table, read in ascending id order by keyset pages.
+
+    Ids keep their column type: bigint ids arrive as int, uuid ids as their lowercase canonical
+    text. Comparing those strings in Python orders them exactly like PostgreSQL orders uuids
+    (bytewise: hex digits sort 0-9 < a-f and the dashes sit at the same places), so cursors
+    compared with `>` elsewhere agree with `id > cursor order by id` here.
+    """
+
+    local_root: str | None = None
+
+    def __init__(
+        self,
+        client: Client,
+        table: str = "product_images",
+        id_column: str = "id",
+        url_column: str = "image_url",
+        brand_column: str = "brand",
+        page_size: int = POSTGREST_MAX_ROWS,
+        sign_bucket: str | None = None,
+        sign_expires_s: int = 3600,
+    ) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self.client = client
+        self.table = table
+        self.columns = _Columns(id_column, url_column, brand_column)
+        self.page_size = page_size
+        self.sign_bucket = sign_bucket
+        self.sign_expires_s = sign_expires_s
+
+    def describe(self) -> str:
+        return f"Supabase table {self.table} at {_host(self.client)}"
+
+    def page(self, after: ProductId | None, limit: int) -> list[Product]:
+        products: list[Product] = []
+        cursor = after
+        while len(products) < limit:
+            # Never trust one answer to hold everything asked for: the server caps rows per
+            # request silently (1,000 on Supabase, less if a project lowers it). Only an empty
+            # answer means the table has nothing after the cursor.
+            batch = self._request_page(cursor, min(limit - len(products), self.request_rows))
+            if not batch:
+                break
+            products.extend(batch)
+            cursor = batch[-1].id
+        return products
+
+    @property
+    def request_rows(self) -> int:
+        return min(self.page_size, POSTGREST_MAX_ROWS)
+
+    def get(self, ids: Sequence[ProductId]) -> list[Product]:
+        found: list[Product] = []
+        for chunk in _chunks(list(dict.fromkeys(ids)), GET_CHUNK):
+            query = self._select().in_(self.columns.id, chunk).order(self.columns.id)
+            found.extend(self._execute(query))
+        return sorted(found, key=lambda product: product.id)  # type: ignore[arg-type, return-value]
+
+    def count_after(self, after: ProductId | None) -> int:
+        """How many products come after `after` (for progress bars)."""
+        query = self.client.table(self.table).select(self.columns.id, count="exact", head=True)  # type: ignore[arg-type]
+        if after is not None:
+            query = query.gt(self.columns.id, after)
+        response = self._run(query)
+        return int(response.count or 0)
+
+    def sign_for_fetch(self, products: Sequence[Product]) -> list[Product]:
+        """Products ready for the workers: storage paths in `sign_bucket` become signed URLs."""
+        if self.sign_bucket is None:
+            return list(products)
+        signed = sign_image_urls(self.client, self.sign_bucket, products, self.sign_expires_s)
+        if signed.failures:
+            # Left as bare paths, they are refused by the fetcher and recorded as failed products.
+            first = signed.failures[0]
+            count = len(signed.failures)
+            log.warning("%d paths not signed (first %s: %s)", count, first.path, first.message)
+        return signed.products
+
+    def _request_page(self, after: ProductId | None, rows: int) -> list[Product]:
+        query = self._select()
+        if after is not None:
+            query = query.gt(self.columns.id, after)
+        return self._execute(query.order(self.columns.id).limit(rows))
+
+    def _select(self) -> Any:
+        return self.client.table(self.table).select(",".join(self.columns))
+
+    def _execute(self, query: Any) -> list[Product]:
+        return [self.columns.to_product(row) for row in self._run(query).data]
+
+    def _run(self, query: Any) -> Any:
+        try:
+            return query.execute()
+        except APIError as error:
+            raise_catalog_error(error, self.table, self.columns, _key(self.client))
+        except (httpx.TimeoutException, httpx.TransportError) as error:
+            raise CatalogUnavailable(
+                f"cannot reach Supabase at {_host(self.client)} to read table {self.table}: "
+                f"{type(error).__name__}"
+            ) from error
+
+
+@dataclass(frozen=True)
+class _Columns:
+    id: str
+    url: str
+    brand: str
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.id, self.url, self.brand))
+
+    def to_product(self, row: dict[str, Any]) -> Product:
+        product_id = row[self.id]
+        if isinstance(product_id, bool) or not isinstance(product_id, int | str):
+            raise SupabaseCatalogError(
+                f"column {self.id} holds {type(product_id).__name__} values; "
+                "product ids must be integers (bigint) or text/uuid"
+            )
+        brand = row.get(self.brand)
+        # A null image_url becomes "": the fetcher records it as a failed product (bad_url).
+        return Product(product_id, row.get(self.url) or "", None if brand is None else str(brand))
+
+
+def raise_catalog_error(
+    error: APIError, table: str, columns: _Columns, key: str | None
+) -> NoReturn:
+    """Translate a PostgREST error into a message a user can act on (never containing the key)."""
+    code, detail = str(error.code or ""), _scrub(str(error.message or error), key)
+    wanted = ", ".join(columns)
+    if code in _MISSING_TABLE:
+        message = (
+            f"Supabase table {table} not found ({detail}); apply {MIGRATION} or set the table name"
+        )
+    elif code in _MISSING_COLUMN:
+        message = (
+            f"a column is missing in Supabase table {table} ({detail}); the catalog reads {wanted}"
+        )
+    elif code in _PERMISSION:
+        message = (
+            f"permission denied for Supabase table {table} ({detail}); the key's role cannot "
+            "read it: use the project's service_role key, not the anon key"
+        )
+    elif code in _BAD_KEY or "api key" in detail.lower():
+        message = f"Supabase rejected the API key while reading table {table} ({detail})"
+    elif code in _TRANSIENT or (code.isdigit() and int(code) >= 500):
+        raise CatalogUnavailable(
+            f"Supabase could not serve table {table} ({code}: {detail})"
+        ) from error
+    else:
+        message = f"Supabase error reading table {table} ({code}: {detail})"
+    raise SupabaseCatalogError(message) from error
+
+
+# --- signed URLs for private buckets ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignFailure:
+    id: ProductId
+    path: str
+    message: str
+
+
+@dataclass
+class SignedProducts:
+    """Products with storage paths replaced by signed URLs; unsignable ones keep their path."""
+
+    products: list[Product]
+    failures: list[SignFailure] = field(default_factory=list)
+
+
+def is_http_url(value: str) -> bool:
+    return value.lower().startswith(("http://", "https://"))
+
+
+def sign_image_urls(
+    client: Client, bucket: str, products: Sequence[Product], expires_s: int
+) -> SignedProducts:
+    """Sign every image_url that is a path in `bucket` (not an http(s) URL), in bulk requests.
+
+    Runs in the orchestrator just before dispatch, so GPU workers get short-lived URLs and never
+    the service key. http(s) URLs pass through untouched.
+    """
+    paths = list(dict.fromkeys(_object_path(p.image_url) for p in products if _needs_signing(p)))
+    signed: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for chunk in _chunks(paths, SIGN_CHUNK):
+        for item in _sign_chunk(client, bucket, chunk, expires_s):
+            url = item.get("signedURL") or item.get("signedUrl")
+            if url:
+                signed[item["path"]] = url
+            else:
+                errors[item["path"]] = str(item.get("error") or "not signed")
+    return _apply_signatures(products, signed, errors)
+
+
+def _sign_chunk(client: Client, bucket: str, paths: list[str], expires_s: int) -> list[Any]:
+    from storage3.exceptions import StorageApiError
+
+    try:
+        return list(client.storage.from_(bucket).create_signed_urls(paths, expires_s))
+    except StorageApiError as error:
+        detail = _scrub(str(error.message), _key(client))
+        failure = CatalogUnavailable if str(error.status).startswith("5") else SupabaseCatalogError
+        raise failure(f"cannot sign image paths in Supabase bucket {bucket}: {detail}") from error
+    except (httpx.TimeoutException, httpx.TransportError) as error:
+        raise CatalogUnavailable(
+            f"cannot reach Supabase Storage at {_host(client)} to sign image paths in bucket "
+            f"{bucket}: {type(error).__name__}"
+        ) from error
+
+
+def _apply_signatures(
+    products: Sequence[Product], signed: dict[str, str], errors: dict[str, str]
+) -> SignedProducts:
+    result = SignedProducts([])
+    for product in products:
+        path = _object_path(product.image_url)
+        if not _needs_signing(product):
+            result.products.append(product)
+        elif path in signed:
+            result.products.append(replace(product, image_url=signed[path]))
+        else:
+            result.products.append(product)
+            message = errors.get(path, "Storage returned no signed URL for this path")
+            result.failures.append(SignFailure(product.id, path, message))
+    return result
+
+
+def _needs_signing(product: Product) -> bool:
+    return bool(product.image_url) and not is_http_url(product.image_url)
+
+
+def _object_path(image_url: str) -> str:
+    # Paths are object names inside the bucket; a leading slash is a common copy-paste slip.
+    return image_url.lstrip("/")
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _host(client: Any) -> str:
+    return str(getattr(client, "supabase_url", "Supabase")).rstrip("/")
+
+
+def _key(client: Any) -> str | None:
+    return getattr(client, "supabase_key", None)
+
+
+def _scrub(text: str, key: str | None) -> str:
+    """Server messages should never echo the key, but make sure of it."""
+    return text.replace(key, "***") if key else text
