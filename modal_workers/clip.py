@@ -1,0 +1,115 @@
+"""CLIP image embedder through transformers: vectorised preprocessing, inference mode, fp16 on GPU."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import CLIPModel
+
+from modal_workers.embedders import EmbedderLoadError, SquareCropEmbedder
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MAX_FORWARD_BATCH = {"cpu": 64, "cuda": 256}
+
+
+class ClipEmbedder(SquareCropEmbedder):
+    """CLIPModel image tower; pixels are resized/cropped per image (PIL, in threads), normalised per batch."""
+
+    name = "clip"
+
+    def __init__(
+        self, model_id: str, device: str | None = None, precision: str | None = None
+    ) -> None:
+        self.model_id = model_id
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # fp32 on CPU keeps vectors exact; fp16 on GPU (A10G tensor cores). bf16 on CPU is opt-in.
+        self.dtype = PRECISIONS[precision or ("fp16" if self.device.startswith("cuda") else "fp32")]
+        self.model = load_clip_model(model_id, self.device, self.dtype)
+        self.configure_preprocessing(read_preprocessor_config(model_id))
+        dim = int(self.model.config.projection_dim)
+        self.dims = {"color": dim, "structure": dim, "combined": 2 * dim}
+
+    def configure_preprocessing(self, config: dict[str, Any]) -> None:
+        size = config.get("size") or {}
+        crop = config.get("crop_size") or {}
+        self.decode_edge = int(size.get("shortest_edge", 224))
+        self.crop = (
+            int(crop.get("height", self.decode_edge)),
+            int(crop.get("width", self.decode_edge)),
+        )
+        self.resample = int(config.get("resample", 3))  # 3 = bicubic
+        self.rescale = float(config.get("rescale_factor", 1 / 255))
+        mean = config.get("image_mean") or OPENAI_CLIP_MEAN
+        std = config.get("image_std") or OPENAI_CLIP_STD
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+
+    def embed_views(self, batches: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """All views go through one forward (better GPU batches), then are split back per view."""
+        views = list(batches)
+        stacked = np.concatenate([batches[v] for v in views])
+        vectors = self.forward_uint8(stacked)
+        bounds = np.cumsum([0] + [len(batches[v]) for v in views])
+        return {v: vectors[bounds[i] : bounds[i + 1]] for i, v in enumerate(views)}
+
+    def forward_uint8(self, pixels: np.ndarray) -> np.ndarray:
+        step = MAX_FORWARD_BATCH["cuda" if self.device.startswith("cuda") else "cpu"]
+        parts = [self.forward_chunk(pixels[i : i + step]) for i in range(0, len(pixels), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dims["color"]), np.float32)
+
+    @torch.inference_mode()
+    def forward_chunk(self, pixels: np.ndarray) -> np.ndarray:
+        return self.forward_pixel_values(self.normalise(pixels))
+
+    def normalise(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 NHWC -> normalised float32 NCHW, done on the device (4x less to transfer)."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).to(torch.float32) * self.rescale
+        return (x - self.mean) / self.std
+
+    @torch.inference_mode()
+    def forward_pixel_values(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """Projected image features, L2-normalised with the norm clamped at 1e-12."""
+        output = self.model.get_image_features(pixel_values=pixel_values.to(self.dtype))
+        # transformers 5 returns an output object whose projected vector is pooler_output
+        features = output.pooler_output if hasattr(output, "pooler_output") else output
+        features = torch.nn.functional.normalize(features.float(), dim=-1, eps=1e-12)
+        return features.cpu().numpy().astype(np.float32)
+
+
+def load_clip_model(model_id: str, device: str, dtype: torch.dtype) -> CLIPModel:
+    try:
+        model = CLIPModel.from_pretrained(model_id, dtype=dtype)
+    except (
+        Exception
+    ) as exc:  # hub, file-system and config errors all mean "cannot load these weights"
+        raise EmbedderLoadError(load_error_message(model_id, exc)) from exc
+    return model.to(device).eval()
+
+
+def load_error_message(model_id: str, exc: Exception) -> str:
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (
+        f"cannot load CLIP weights {model_id!r} ({type(exc).__name__}: {first_line}). Fix: download "
+        "them once with network access (HF_HUB_OFFLINE unset; set HF_HOME to choose the cache), or "
+        "point --model at a local folder saved with save_pretrained, or use --embedder histogram."
+    )
+
+
+def read_preprocessor_config(model_id: str) -> dict[str, Any]:
+    """The saved image-processor settings (mean, std, sizes); CLIP defaults when there are none."""
+    from transformers import CLIPImageProcessorPil  # the PIL backend needs no torchvision
+
+    try:
+        processor = CLIPImageProcessorPil.from_pretrained(model_id)
+    except Exception:  # no preprocessor_config.json next to the weights: OpenAI CLIP defaults
+        return {}
+    return {
+        key: getattr(processor, key, None)
+        for key in ("size", "crop_size", "resample", "rescale_factor", "image_mean", "image_std")
+    }

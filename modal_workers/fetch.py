@@ -1,0 +1,205 @@
+"""Fetch untrusted image URLs safely: scheme and address checks on every hop, deadline, byte cap."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from modal_workers.reasons import ImageRefused, http_reason
+from modal_workers.types import FetchLimits
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+USER_AGENT = "modal-faiss-builder/0.1 (+image indexer)"
+BACKOFF_S = 0.2
+
+
+class TransientRefusal(ImageRefused):
+    """A failure worth retrying: connect error, reset, 5xx, 429."""
+
+
+class Deadline:
+    """A total wall-clock budget measured with a monotonic clock."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+    def check(self) -> None:
+        if self.remaining() <= 0:
+            raise ImageRefused("fetch_timeout", f"deadline of {self.seconds:g}s passed")
+
+    def timeout(self) -> httpx.Timeout:
+        # A read gap may overshoot the deadline by at most this cap; the loop checks the rest.
+        self.check()
+        return httpx.Timeout(min(self.remaining(), max(1.0, self.seconds / 4)))
+
+
+def open_client(limits: FetchLimits) -> httpx.Client:
+    """One client per batch; no connection reuse, so TLS is always checked against the hop's host."""
+    return httpx.Client(
+        follow_redirects=False,
+        trust_env=False,  # a proxy from the environment would bypass the address checks
+        limits=httpx.Limits(max_connections=limits.threads, max_keepalive_connections=0),
+        # identity: the byte cap then counts what is decoded (no gzip bombs)
+        headers={"User-Agent": USER_AGENT, "Accept": "image/*", "Accept-Encoding": "identity"},
+    )
+
+
+def fetch_image_bytes(url: str, limits: FetchLimits, client: httpx.Client) -> bytes:
+    """The bytes of one image, or ImageRefused with a reason code; retries transient errors only."""
+    if not is_http_url(url):
+        return read_local_file(url, limits)
+    deadline = Deadline(limits.timeout_s)
+    for attempt in range(limits.retries + 1):
+        try:
+            return fetch_following_redirects(url, limits, client, deadline)
+        except TransientRefusal as exc:
+            delay = BACKOFF_S * 2**attempt
+            if attempt == limits.retries or deadline.remaining() <= delay:
+                raise ImageRefused(
+                    exc.reason, f"{exc.message} (after {attempt + 1} attempts)"
+                ) from exc
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def is_http_url(url: str) -> bool:
+    return urlsplit(url.strip()).scheme.lower() in ("http", "https")
+
+
+def fetch_following_redirects(
+    url: str, limits: FetchLimits, client: httpx.Client, deadline: Deadline
+) -> bytes:
+    """Follow redirects by hand so that every hop is checked like the first."""
+    current = parse_http_url(url)
+    for _ in range(limits.max_redirects + 1):
+        address = resolve_checked(current, limits.allow_private_urls)
+        location = fetch_one_hop(current, address, limits, client, deadline)
+        if isinstance(location, bytes):
+            return location
+        current = parse_http_url(str(current.join(location)))
+    raise ImageRefused("too_many_redirects", f"more than {limits.max_redirects} redirects")
+
+
+def parse_http_url(url: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url.strip())
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ImageRefused("bad_url", f"cannot parse URL: {exc}") from exc
+    if parsed.scheme not in ("http", "https"):
+        raise ImageRefused("bad_scheme", f"scheme {parsed.scheme!r} is not http(s)")
+    if not parsed.host:
+        raise ImageRefused("bad_url", "URL has no host")
+    return parsed
+
+
+def resolve_checked(url: httpx.URL, allow_private: bool) -> str:
+    """Resolve the host and refuse it when any address is not global; returns the IP to connect to."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(url.host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ImageRefused("dns_error", f"cannot resolve {url.host!r}: {exc}") from exc
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not allow_private:
+        for address in addresses:
+            if not is_public_address(address):
+                raise ImageRefused(
+                    "private_address", f"{url.host!r} resolves to non-public address {address}"
+                )
+    return addresses[0]
+
+
+def is_public_address(address: str) -> bool:
+    """True only for globally routable unicast addresses (IPv4-mapped IPv6 judged as IPv4)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def fetch_one_hop(
+    url: httpx.URL, address: str, limits: FetchLimits, client: httpx.Client, deadline: Deadline
+) -> bytes | str:
+    """GET one hop at the checked address (no second DNS lookup): the body, or a redirect target."""
+    request = client.build_request(
+        "GET",
+        url.copy_with(host=address),
+        headers={"Host": url.netloc.decode("ascii")},
+        extensions={"sni_hostname": url.host},
+        timeout=deadline.timeout(),
+    )
+    try:
+        response = client.send(request, stream=True)
+        try:
+            return read_response(response, limits, deadline)
+        finally:
+            response.close()
+    except httpx.TimeoutException as exc:
+        raise ImageRefused("fetch_timeout", f"timed out: {type(exc).__name__}") from exc
+    except (
+        httpx.ConnectError,
+        httpx.ReadError,
+        httpx.WriteError,
+        httpx.RemoteProtocolError,
+    ) as exc:
+        raise TransientRefusal("fetch_error", f"{type(exc).__name__}: {exc}") from exc
+    except httpx.HTTPError as exc:
+        raise ImageRefused("fetch_error", f"{type(exc).__name__}: {exc}") from exc
+
+
+def read_response(response: httpx.Response, limits: FetchLimits, deadline: Deadline) -> bytes | str:
+    status = response.status_code
+    if status in REDIRECT_STATUSES and "location" in response.headers:
+        return response.headers["location"]
+    if status == 429 or status >= 500:
+        raise TransientRefusal(http_reason(status), f"HTTP {status}")
+    if status >= 300:
+        raise ImageRefused(http_reason(status), f"HTTP {status}")
+    return read_capped(response, limits.max_bytes, deadline)
+
+
+def read_capped(response: httpx.Response, max_bytes: int, deadline: Deadline) -> bytes:
+    """Stream the body, stopping at the byte cap or the deadline, whichever comes first."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise ImageRefused("too_large", f"Content-Length {declared} > {max_bytes} bytes")
+    body = bytearray()
+    for chunk in response.iter_raw():  # no chunk_size: it would buffer and delay the deadline check
+        body += chunk
+        if len(body) > max_bytes:
+            raise ImageRefused("too_large", f"body exceeds {max_bytes} bytes")
+        deadline.check()
+    if not body:
+        raise ImageRefused("empty_body", "the response has no body")
+    return bytes(body)
+
+
+def read_local_file(url: str, limits: FetchLimits) -> bytes:
+    """A local catalog file: allowed only when the catalog is local (limits.local_root set)."""
+    path = local_path(url, limits)
+    if not path.is_file():
+        raise ImageRefused("file_not_found", f"no such file: {path}")
+    size = path.stat().st_size
+    if size > limits.max_bytes:
+        raise ImageRefused("too_large", f"{path} has {size} > {limits.max_bytes} bytes")
+    if size == 0:
+        raise ImageRefused("empty_body", f"{path} is empty")
+    return path.read_bytes()
+
+
+def local_path(url: str, limits: FetchLimits) -> Path:
+    """Resolve a plain path (or file:// URL) relative to the local catalog's folder."""
+    scheme = urlsplit(url).scheme.lower()
+    if limits.local_root is None or scheme not in ("", "file"):
+        raise ImageRefused("bad_scheme", f"{url[:80]!r}: only http(s) URLs are allowed here")
+    raw = urlsplit(url).path if scheme == "file" else url
+    return Path(limits.local_root) / Path(raw).expanduser()

@@ -1,0 +1,133 @@
+"""The one embedding path, locally and inside Modal: fetch -> decode once -> views -> embed -> fuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from modal_workers.decode import decode_image
+from modal_workers.embedders import ImageEmbedder
+from modal_workers.fetch import fetch_image_bytes, is_http_url, open_client
+from modal_workers.reasons import ImageRefused
+from modal_workers.types import (
+    EmbedOutput,
+    FailedProduct,
+    FetchLimits,
+    ImageRef,
+    check_kinds,
+    views_for,
+)
+from modal_workers.views import assemble_kinds
+
+Prepared = dict[str, np.ndarray]
+FORWARD_BATCH = 32
+WINDOW_BATCHES = 3  # images prepared ahead of the model: bounded memory, GPU kept fed
+
+
+def embed_refs(
+    refs: Sequence[ImageRef],
+    kinds: Sequence[str],
+    embedder: ImageEmbedder,
+    limits: FetchLimits | None = None,
+    *,
+    forward_batch: int = FORWARD_BATCH,
+) -> EmbedOutput:
+    """Embed refs; ids keep the input order of the successes, every refusal becomes a FailedProduct."""
+    kinds = check_kinds(kinds)
+    limits = limits or FetchLimits()
+    views = views_for(kinds)
+    ids: list = []
+    parts: dict[str, list[np.ndarray]] = {view: [] for view in views}
+    failures: list[FailedProduct] = []
+    with open_client(limits) as client, ThreadPoolExecutor(limits.threads) as pool:
+
+        def load(ref: ImageRef) -> Prepared | FailedProduct:
+            return load_prepared(ref, views, embedder, limits, client)
+
+        results = prepared_in_order(pool, load, refs, window=forward_batch * WINDOW_BATCHES)
+        for batch in successes_in_batches(results, forward_batch, failures):
+            ids.extend(ref.id for ref, _ in batch)
+            stacked = {view: np.stack([prep[view] for _, prep in batch]) for view in views}
+            for view, vectors in embedder.embed_views(stacked).items():
+                parts[view].append(vectors)
+    by_view = {view: join_parts(parts[view], embedder.dims[view]) for view in views}
+    return EmbedOutput(ids=ids, vectors=assemble_kinds(by_view, kinds), failures=failures)
+
+
+def load_prepared(
+    ref: ImageRef,
+    views: Sequence[str],
+    embedder: ImageEmbedder,
+    limits: FetchLimits,
+    client: httpx.Client,
+) -> Prepared | FailedProduct:
+    """One image from URL to model-ready views; runs in a worker thread, never raises."""
+    try:
+        data = fetch_image_bytes(ref.url, limits, client)
+        image = decode_image(data, limits.max_pixels, embedder.decode_edge)
+        return embedder.prepare(image, views)
+    except ImageRefused as exc:
+        return FailedProduct(ref.id, exc.reason, exc.message)
+    except Exception as exc:  # one strange image must not abort the batch
+        return FailedProduct(ref.id, "unexpected_error", f"{type(exc).__name__}: {exc}")
+
+
+def prepared_in_order(
+    pool: ThreadPoolExecutor,
+    load: Callable[[ImageRef], Prepared | FailedProduct],
+    refs: Sequence[ImageRef],
+    window: int,
+) -> Iterator[tuple[ImageRef, Prepared | FailedProduct]]:
+    """Results in input order while at most `window` images are in flight or waiting."""
+    remaining = iter(refs)
+    pending: deque[tuple[ImageRef, Future[Prepared | FailedProduct]]] = deque(
+        (ref, pool.submit(load, ref)) for ref in itertools.islice(remaining, window)
+    )
+    while pending:
+        ref, future = pending.popleft()
+        for following in itertools.islice(remaining, 1):
+            pending.append((following, pool.submit(load, following)))
+        yield ref, future.result()
+
+
+def successes_in_batches(
+    results: Iterator[tuple[ImageRef, Prepared | FailedProduct]],
+    size: int,
+    failures: list[FailedProduct],
+) -> Iterator[list[tuple[ImageRef, Prepared]]]:
+    """Group prepared images into forward batches; failures are collected on the side."""
+    batch: list[tuple[ImageRef, Prepared]] = []
+    for ref, result in results:
+        if isinstance(result, FailedProduct):
+            failures.append(result)
+            continue
+        batch.append((ref, result))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def join_parts(parts: list[np.ndarray], dim: int) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
+
+
+def embed_query_image(
+    source: str, kinds: Sequence[str], embedder: ImageEmbedder, limits: FetchLimits | None = None
+) -> dict[str, np.ndarray]:
+    """Vectors (1, dim) per kind for one query image (URL or local path); ImageRefused on failure."""
+    limits = limits or FetchLimits()
+    if not is_http_url(source) and limits.local_root is None:
+        limits = dataclasses.replace(limits, local_root=str(Path.cwd()))  # the user's own file
+    output = embed_refs([ImageRef(id="query", url=source)], kinds, embedder, limits)
+    if output.failures:
+        raise ImageRefused(output.failures[0].reason, output.failures[0].message)
+    return output.vectors
