@@ -289,6 +289,7 @@ class Gateway:
 
     def __init__(self, routes: dict[str, str]) -> None:
         self.routes = dict(routes)
+        self.seen: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self._http = httpx.Client(timeout=60)
         handler = type("Handler", (_GatewayHandler,), {"gateway": self})
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -332,6 +333,7 @@ class _GatewayHandler(http.server.BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.gateway.seen.append((self.command, self.path))
         target = self.gateway.upstream_for(self.path)
         if target is None:
             return self._reply(404, b'{"message":"no Route matched with those values"}')
