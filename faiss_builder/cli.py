@@ -43,8 +43,9 @@ PrivateOpt = Annotated[
 
 def main() -> None:
     """Console-script entry point."""
-    # Keep Prefect's console quiet unless asked: the CLI draws its own progress.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Prefect's console handler stays quiet (the CLI draws its own progress and one-line errors);
+    # run logs still reach the Prefect API and UI. Set the variable to INFO to see them here.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     app()
 
 

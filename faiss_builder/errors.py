@@ -28,7 +28,8 @@ def _table() -> list[tuple[tuple[type[BaseException], ...], int]]:
 
     from faiss_builder.catalog.local import CatalogError
     from faiss_builder.connect import ConfigError
-    from modal_workers.errors import EmbedderLoadError, ModalNotConfigured
+    from modal_workers.embedders import EmbedderLoadError
+    from modal_workers.remote import ModalNotConfigured
     from sharding.errors import LeaseHeld, LeaseLost, StateError, StorageError
 
     return [

@@ -55,10 +55,10 @@ def run_search(
 ) -> dict[str, Any]:
     """Top-k neighbours of an indexed product (its stored vector) or of a query image."""
     from sharding.loader import load_index
-    from sharding.progress import read_progress
+    from sharding.state import require_progress
 
     storage = open_storage(settings)
-    progress = read_progress(storage)
+    progress = require_progress(storage)
     index = load_index(storage, kind, cache_dir=_cache_dir(settings))
     if product_id is not None:
         query_id = _as_indexed_id(product_id, index.ids)
@@ -78,14 +78,11 @@ def run_search(
 
 def run_status(settings: Settings, *, include_failures: bool) -> dict[str, Any]:
     """The committed state of the store, read from progress.json."""
-    from sharding.errors import ObjectNotFound
-    from sharding.failures import list_failures
-    from sharding.progress import read_progress
+    from sharding.state import list_failures, read_progress
 
     storage = open_storage(settings)
-    try:
-        progress = read_progress(storage)
-    except ObjectNotFound:
+    progress = read_progress(storage)
+    if progress is None:
         return {"store": storage.describe(), "initialised": False}
     result: dict[str, Any] = {
         "store": storage.describe(),
@@ -122,7 +119,7 @@ def run_doctor(settings: Settings) -> dict[str, Any]:
 def _kind_status(kp: Any) -> dict[str, Any]:
     return {
         "vectors": kp.total_vectors,
-        "shards": sum(segment.shards for segment in kp.segments) + len(kp.shards),
+        "shards": kp.shard_count(),
         "dim": kp.dim,
         "cursor": kp.cursor,
         "brands": len(kp.vectors_per_brand),

@@ -112,9 +112,9 @@ def _judge(kind: str, product_id: ProductId, hits: Sequence[Any], threshold: flo
 
 def store_kinds(storage: Storage) -> list[str]:
     """The kinds progress.json has committed, in canonical order."""
-    from sharding.progress import read_progress
+    from sharding.state import require_progress
 
-    present = read_progress(storage).kinds
+    present = require_progress(storage).kinds
     return [kind for kind in ("color", "structure", "combined") if kind in present]
 
 
@@ -129,7 +129,7 @@ def run_alignment_check(
     """The whole check as the CLI runs it: {ok, kinds, store, sample, text}."""
     from faiss_builder.connect import fetch_limits, open_backend, open_catalog, open_storage
     from sharding.checks import check_store
-    from sharding.progress import read_progress
+    from sharding.state import require_progress
 
     storage = open_storage(settings)
     kinds = kinds or store_kinds(storage)
@@ -137,7 +137,7 @@ def run_alignment_check(
     sample_report = None
     if report.ok and sample > 0:
         catalog = open_catalog(settings)
-        progress = read_progress(storage)
+        progress = require_progress(storage)
         backend = open_backend(settings, progress.embedder, progress.model or None)
         sample_report = verify_sample(
             storage,

@@ -75,7 +75,8 @@ class BuildSession:
 def start_build(settings: Settings, run_id: str) -> BuildSession:
     """Connect everything and take the store lease; refuse bad configuration before any write."""
     from sharding.lease import StoreLease
-    from sharding.writer import BuildConfig, IndexWriter
+    from sharding.state import read_progress
+    from sharding.writer import BuildConfig, IndexWriter, check_resume
 
     storage, catalog = open_storage(settings), open_catalog(settings)
     embed = settings.embed
@@ -88,7 +89,9 @@ def start_build(settings: Settings, run_id: str) -> BuildSession:
         shard_max_vectors=settings.store.shard_max_vectors,
         shard_max_bytes=settings.store.shard_max_bytes,
     )
-    IndexWriter.check_compatible(storage, config)
+    committed = read_progress(storage)
+    if committed is not None:  # refuse a mismatching resume before the lease, our first write
+        check_resume(committed, config, storage.describe())
     lease = StoreLease.acquire(
         storage, run_id, ttl_s=settings.store.lease_ttl_s, wait_s=settings.store.lease_wait_s
     )
@@ -186,7 +189,7 @@ def finish_build(session: BuildSession) -> dict[str, Any]:
         "failed": stats.failed,
         "vectors_added": {kind: stats.vectors[kind] for kind in session.kinds},
         "total_vectors": {kind: progress.kinds[kind].total_vectors for kind in session.kinds},
-        "shards": {kind: progress.shard_count(kind) for kind in session.kinds},
+        "shards": {kind: progress.kinds[kind].shard_count() for kind in session.kinds},
         "elapsed_s": round(stats.elapsed_s, 3),
         "images_per_s": round(stats.products / stats.elapsed_s, 2) if stats.elapsed_s else 0.0,
         "failures": stats.failures[:100],

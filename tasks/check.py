@@ -36,10 +36,10 @@ def check_sample_task(
     settings: Settings, kinds: list[str], sample: int, threshold: float, seed: int | None
 ) -> SampleReport:
     """Re-embed a random sample with the index's own embedder; each must find itself."""
-    from sharding.progress import read_progress
+    from sharding.state import require_progress
 
     storage, catalog = open_storage(settings), open_catalog(settings)
-    progress = read_progress(storage)
+    progress = require_progress(storage)
     backend = open_backend(settings, progress.embedder, progress.model or None)
     return verify_sample(
         storage,

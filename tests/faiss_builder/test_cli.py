@@ -1,0 +1,127 @@
+"""The faiss-builder CLI as a user runs it: build, status, check, search, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from faiss_builder.cli import app
+from faiss_builder.demo import make_demo_catalog
+from faiss_builder.errors import EXIT_BUSY, EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_STATE
+from sharding.lease import StoreLease
+from sharding.local_store import LocalStore
+
+PRODUCTS = 20
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo catalog plus one product whose 'image' is a text file."""
+    folder = tmp_path_factory.mktemp("cli-catalog")
+    path, _ = make_demo_catalog(folder, PRODUCTS)
+    (folder / "images" / "broken.jpg").write_text("this is not an image")
+    with path.open("a") as handle:
+        handle.write(f"{PRODUCTS + 1},images/broken.jpg,Broken Brand\n")
+    return path
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def built_store(
+    prefect_api: object, catalog: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    store = tmp_path_factory.mktemp("cli-store")
+    code, out, err = _run(
+        "build", "--store", str(store), "--catalog", str(catalog), "--embedder", "histogram",
+        "--batch-size", "8", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["products"] == PRODUCTS + 1 and summary["failed"] == 1
+    assert summary["total_vectors"] == {"color": 20, "structure": 20, "combined": 20}
+    return store
+
+
+def test_status_lists_the_failed_product_with_its_reason(built_store: Path) -> None:
+    code, out, _ = _run("status", "--store", str(built_store), "--failed", "--json")
+    status = json.loads(out)
+    assert code == 0 and status["failed_count"] == 1
+    assert status["failures"][0]["id"] == PRODUCTS + 1
+    assert status["failures"][0]["reason"]
+    assert status["kinds"]["color"]["vectors"] == PRODUCTS
+    code, text, _ = _run("status", "--store", str(built_store), "--failed")
+    assert "failed products: 1" in text and str(PRODUCTS + 1) in text
+
+
+def test_check_passes_and_search_by_id_finds_itself_first(built_store: Path, catalog: Path) -> None:
+    code, out, _ = _run(
+        "check", "--store", str(built_store), "--catalog", str(catalog), "--sample", "4", "--json"
+    )
+    assert code == 0 and json.loads(out)["ok"] is True
+    code, out, _ = _run("search", "--store", str(built_store), "--id", "5", "-k", "3", "--json",
+                        "--catalog", str(catalog), "--kind", "structure")  # fmt: skip
+    hits = json.loads(out)["hits"]
+    assert code == 0 and hits[0]["id"] == 5 and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits[0]["brand"] is not None and len(hits) == 3
+
+
+def test_search_by_image_embeds_with_the_index_embedder(built_store: Path, catalog: Path) -> None:
+    image = catalog.parent / "images" / "00007.jpg"
+    code, out, _ = _run("search", "--store", str(built_store), "--image", str(image), "--json")
+    result = json.loads(out)
+    assert code == 0 and result["hits"][0]["id"] == 7
+    assert result["embedder"].startswith("histogram")
+
+
+def test_check_fails_with_exit_1_on_a_damaged_shard(
+    built_store: Path, catalog: Path, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for item in built_store.iterdir():
+        (damaged / item.name).write_bytes(item.read_bytes())
+    shard = damaged / "clip_color_shard_00001.index"
+    data = bytearray(shard.read_bytes())
+    data[-8:] = b"\x00" * 8
+    shard.write_bytes(bytes(data))
+    code, out, _ = _run("check", "--store", str(damaged), "--catalog", str(catalog))
+    assert code == EXIT_CHECK_FAILED
+    assert "FAIL" in out and "clip_color_shard_00001.index" in out
+
+
+def test_resume_with_another_embedder_is_refused_and_writes_nothing(
+    built_store: Path, catalog: Path, tiny_clip_dir: Path
+) -> None:
+    before = {p.name: p.read_bytes() for p in built_store.iterdir()}
+    code, _, err = _run("build", "--store", str(built_store), "--catalog", str(catalog),
+                        "--embedder", "clip", "--model", str(tiny_clip_dir))  # fmt: skip
+    assert code == EXIT_STATE
+    assert err.startswith("faiss-builder: error: refusing to resume") and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in built_store.iterdir()} == before
+
+
+def test_a_held_lease_exits_5_and_bad_configuration_exits_2(
+    catalog: Path, tmp_path: Path, prefect_api: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SUPABASE_URL", raising=False)
+    monkeypatch.delenv("SUPABASE_KEY", raising=False)
+    store = tmp_path / "store"
+    lease = StoreLease.acquire(LocalStore(store), "other-run", ttl_s=60)
+    try:
+        code, _, err = _run("build", "--store", str(store), "--catalog", str(catalog),
+                            "--embedder", "histogram")  # fmt: skip
+    finally:
+        lease.release()
+    assert code == EXIT_BUSY and "other-run" in err
+    code, _, err = _run("build", "--store", str(store), "--catalog", str(catalog), "--kinds", "shape")
+    assert code == EXIT_CONFIG and "shape" in err
+    code, _, err = _run("status", "--store", "supabase")
+    assert code == EXIT_CONFIG and "SUPABASE_URL" in err
+    assert not (store / "progress.json").exists()
