@@ -92,6 +92,10 @@ class KindProgress(_Model):
         last = self.shards[-1] if self.shards else None
         return last if last is not None and not last.sealed else None
 
+    def shard_count(self) -> int:
+        """Committed shards of this kind, rolled into segments or not."""
+        return sum(segment.shards for segment in self.segments) + len(self.shards)
+
     def last_shard_number(self) -> int:
         numbers = [s.number for s in self.shards] + [g.last_shard for g in self.segments]
         return max(numbers, default=0)

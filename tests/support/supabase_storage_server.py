@@ -145,7 +145,9 @@ class SupabaseStorageServer:
         handler = type("Handler", (_Handler,), {"app": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -200,6 +202,9 @@ class _Reset(Exception):
 class _Handler(BaseHTTPRequestHandler):
     app: SupabaseStorageServer
     protocol_version = "HTTP/1.1"
+    # One buffered write per answer, no Nagle: avoids 40 ms delayed-ACK stalls per request.
+    wbufsize = -1
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
