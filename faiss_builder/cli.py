@@ -143,6 +143,8 @@ def status(
 
 @app.command()
 def doctor(
+    store: StoreOpt = None,
+    catalog: CatalogOpt = None,
     backend: Annotated[str | None, typer.Option("--backend", help="local | modal")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -150,7 +152,7 @@ def doctor(
     with _errors_to_exit_codes():
         from faiss_builder.runner import run_doctor
 
-        result = run_doctor(_settings(backend=backend))
+        result = run_doctor(_settings(store=store, catalog=catalog, backend=backend))
         _emit(result, as_json, _render_doctor)
         if not result["ok"]:
             raise typer.Exit(errors.EXIT_CHECK_FAILED)

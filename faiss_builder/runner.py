@@ -11,6 +11,8 @@ from faiss_builder.connect import (
     open_catalog,
     open_storage,
 )
+from pydantic import SecretStr
+
 from faiss_builder.settings import Settings
 
 # `status --failed` prints at most this many; --json gets them all.
@@ -107,13 +109,60 @@ def run_status(settings: Settings, *, include_failures: bool) -> dict[str, Any]:
 
 def run_doctor(settings: Settings) -> dict[str, Any]:
     """Connectivity and configuration checks that write nothing."""
+    import os
+
+    from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
+
     from faiss_builder.doctor import run_checks
 
-    checks = run_checks(settings)
+    api_key = PREFECT_API_KEY.value()
+    checks = run_checks(
+        _supabase_target(settings),
+        backend=settings.embed.backend,
+        prefect_api_url=PREFECT_API_URL.value() or None,
+        prefect_api_key=SecretStr(api_key) if api_key else None,
+        environ=os.environ,
+        timeout_s=min(settings.supabase.timeout_s, 10.0),
+    )
+    checks.insert(0, _config_check(settings))
     return {
         "ok": all(check.ok for check in checks),
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
     }
+
+
+def _supabase_target(settings: Settings) -> Any:
+    """What doctor checks on Supabase: only when the catalog or the store lives there."""
+    from faiss_builder.doctor import SupabaseTarget
+
+    uses_table = settings.catalog.catalog == "supabase"
+    uses_bucket = settings.store.store == "supabase"
+    if not (uses_table or uses_bucket):
+        return None
+    catalog = settings.catalog
+    buckets = [settings.supabase.bucket] if uses_bucket else []
+    buckets += [catalog.image_bucket] if catalog.image_bucket else []
+    return SupabaseTarget(
+        url=settings.supabase.url,
+        key=settings.supabase.key,
+        table=catalog.catalog_table,
+        id_column=catalog.catalog_id_column,
+        url_column=catalog.catalog_url_column,
+        brand_column=catalog.catalog_brand_column,
+        buckets=buckets,
+    )
+
+
+def _config_check(settings: Settings) -> Any:
+    """The local side: where the catalog and the store are, and whether they can be opened."""
+    from faiss_builder.doctor import CheckResult
+
+    try:
+        catalog = open_catalog(settings).describe()
+        store = open_storage(settings).describe()
+    except Exception as exc:
+        return CheckResult("configuration", False, " ".join(str(exc).split()))
+    return CheckResult("configuration", True, f"{catalog} -> {store}")
 
 
 def _kind_status(kp: Any) -> dict[str, Any]:
