@@ -46,9 +46,10 @@ def run_demo(folder: Path, *, products: int, embedder: str, echo: Echo) -> None:
         kinds=("color", "structure", "combined"),
     )
     summary = run_build(settings, show_progress=True)
+    vectors = ", ".join(f"{kind} {count}" for kind, count in summary["total_vectors"].items())
     echo(
-        f"built {summary['total_vectors']} vectors with {summary['embedder']} "
-        f"({summary['model']}), {summary['failed']} failed, {summary['images_per_s']} images/s"
+        f"built vectors: {vectors} with {summary['embedder']} ({summary['model']}); "
+        f"{summary['failed']} failed; {summary['images_per_s']} images/s"
     )
     outcome = run_check(settings, sample=8, kinds=None)
     echo(outcome["text"].splitlines()[0])
@@ -57,6 +58,7 @@ def run_demo(folder: Path, *, products: int, embedder: str, echo: Echo) -> None:
     for rank, hit in enumerate(result["hits"], start=1):
         echo(f"  {rank}. id={hit['id']:<5} brand={hit['brand'] or '-':<13} score={hit['score']:.4f}")
     echo(f"demo finished in {time.monotonic() - started:.1f} s; store: {folder / 'store'}")
+    echo(f"next: faiss-builder search --store {folder / 'store'} --id 42 --kind structure")
     if not outcome["ok"]:
         raise RuntimeError("demo alignment check failed")
 
