@@ -44,7 +44,7 @@ def test_crash_leftovers_are_warnings_not_failures(tmp_path: Path) -> None:
 def test_id_map_tampering_is_a_sha_mismatch(built: LocalStore) -> None:
     path = built.root / "id_map_color_shard_00001.json"
     ids = json.loads(path.read_text())
-    path.write_text(json.dumps(ids[:-1] + [ids[0]]))
+    path.write_text(json.dumps([*ids[:-1], ids[0]]))
     report = check_store(built)
     assert not report.ok and "sha256_mismatch" in {p.code for p in report.problems}
     assert "FAIL" in report.to_markdown()

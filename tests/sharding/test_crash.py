@@ -1,4 +1,4 @@
-"""Kill the writer at every storage write of a multi-checkpoint build; the resume is exactly-once."""
+"""Kill the writer at every storage write of a multi-checkpoint build; resume exactly once."""
 
 from __future__ import annotations
 

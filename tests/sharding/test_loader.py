@@ -51,5 +51,5 @@ def test_tampered_shard_is_refused_naming_the_object(built: LocalStore) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(StateError, match="clip_color_shard_00002.index"):
+    with pytest.raises(StateError, match=r"clip_color_shard_00002\.index"):
         load_index(built, "color")

@@ -57,7 +57,7 @@ def test_list_pages_past_the_default_and_delete_chunks(
     storage_server.objects["faiss/faiss/sub/nested.json"] = StoredObject(b"[]", "application/json")
     assert supabase_store.list() == names
     assert supabase_store.list("id_map_color_shard_02") == names[1999:]
-    supabase_store.delete(names[:1500] + ["never-there.json"])
+    supabase_store.delete([*names[:1500], "never-there.json"])
     deletes = [r for r in storage_server.requests if r.method == "DELETE"]
     assert len(deletes) == 2  # 1,501 names in chunks of at most 1,000
     assert supabase_store.list() == names[1500:]
