@@ -223,3 +223,18 @@ def test_rest_calls_without_an_api_key_are_refused_like_supabase(
     response = httpx.get(f"{supabase_stack.url}/rest/v1/product_images")
     assert response.status_code == 401
     assert response.json() == {"message": "No API key found in request"}
+
+
+def test_random_uuids_inserted_below_the_cursor_are_missed_by_design(
+    supabase_stack: SupabaseStack, uuid_table: list[str]
+) -> None:
+    # Why the migration recommends bigint identity (or UUIDv7) ids: keyset pagination only
+    # sees rows after the cursor, and a random v4 uuid can land before it.
+    catalog = SupabaseCatalog(supabase_stack.client(), table="product_images_uuid")
+    cursor, late = uuid_table[2000], "00000000-0000-0000-0000-000000000001"
+    supabase_stack.sql(f"insert into product_images_uuid (id, image_url) values ('{late}', 'x')")
+    try:
+        assert late not in [p.id for p in catalog.page(cursor, 1000)]
+        assert [p.id for p in catalog.get([late])] == [late]  # it exists, the next pass skips it
+    finally:
+        supabase_stack.sql(f"delete from product_images_uuid where id = '{late}'")

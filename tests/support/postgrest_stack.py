@@ -390,9 +390,10 @@ class SupabaseStack:
 
     def client(self, key: str | None = None):  # type: ignore[no-untyped-def]
         """The official supabase client for this stack (service_role key unless told otherwise)."""
-        from supabase import create_client
+        from supabase import ClientOptions, create_client
 
-        return create_client(self.url, key or self.service_key)
+        options = ClientOptions(httpx_client=httpx.Client(timeout=30), persist_session=False)
+        return create_client(self.url, key or self.service_key, options=options)
 
     def sql(self, statement: str) -> str:
         return run_sql(self.db_url, statement)
