@@ -1,4 +1,4 @@
-"""CLIP image embedder through transformers: vectorised preprocessing, inference mode, fp16 on GPU."""
+"""CLIP image embedder (transformers): vectorised preprocessing, inference mode, fp16 on GPU."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ MAX_FORWARD_BATCH = {"cpu": 64, "cuda": 256}
 
 
 class ClipEmbedder(SquareCropEmbedder):
-    """CLIPModel image tower; pixels are resized/cropped per image (PIL, in threads), normalised per batch."""
+    """CLIPModel image tower; resize/crop per image (PIL, in threads), normalise per batch."""
 
     name = "clip"
 
@@ -31,7 +31,7 @@ class ClipEmbedder(SquareCropEmbedder):
         self.dtype = PRECISIONS[precision or ("fp16" if self.device.startswith("cuda") else "fp32")]
         self.model = load_clip_model(model_id, self.device, self.dtype)
         self.configure_preprocessing(read_preprocessor_config(model_id))
-        dim = int(self.model.config.projection_dim)
+        dim = int(self.model.config.projection_dim or 0)
         self.dims = {"color": dim, "structure": dim, "combined": 2 * dim}
 
     def configure_preprocessing(self, config: dict[str, Any]) -> None:
@@ -68,7 +68,7 @@ class ClipEmbedder(SquareCropEmbedder):
 
     def normalise(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 NHWC -> normalised float32 NCHW, done on the device (4x less to transfer)."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        x = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).to(self.device)
         x = x.permute(0, 3, 1, 2).to(torch.float32) * self.rescale
         return (x - self.mean) / self.std
 
@@ -89,14 +89,16 @@ def load_clip_model(model_id: str, device: str, dtype: torch.dtype) -> CLIPModel
         Exception
     ) as exc:  # hub, file-system and config errors all mean "cannot load these weights"
         raise EmbedderLoadError(load_error_message(model_id, exc)) from exc
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]
 
 
 def load_error_message(model_id: str, exc: Exception) -> str:
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return (
-        f"cannot load CLIP weights {model_id!r} ({type(exc).__name__}: {first_line}). Fix: download "
-        "them once with network access (HF_HUB_OFFLINE unset; set HF_HOME to choose the cache), or "
+        f"cannot load CLIP weights {model_id!r} "
+        f"({type(exc).__name__}: {first_line}). "
+        "Fix: download them once with network access (HF_HUB_OFFLINE unset; set HF_HOME to "
+        "choose the cache), or "
         "point --model at a local folder saved with save_pretrained, or use --embedder histogram."
     )
 

@@ -1,4 +1,4 @@
-"""Decode untrusted image bytes once: sniff the format, refuse bombs, draft-decode, orient, make RGB."""
+"""Decode untrusted image bytes once: sniff format, refuse bombs, draft-decode, orient, make RGB."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def check_format(data: bytes) -> str:
 
 
 def decode_image(data: bytes, max_pixels: int, target_edge: int) -> Image.Image:
-    """An upright RGB image whose shortest edge is at least about `target_edge` when it was larger."""
+    """An upright RGB image, its shortest edge reduced (JPEG) to no less than `target_edge`."""
     kind = check_format(data)
     image = open_checked(data, kind, max_pixels)
     if kind == "JPEG":
@@ -101,7 +101,7 @@ def apply_orientation(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """The same RGB conversion every time: alpha over white, 16-bit scaled to 8-bit, rest via Pillow."""
+    """One RGB conversion per mode: alpha over white, 16-bit scaled to 8-bit, rest via Pillow."""
     if image.mode == "RGB":
         return image
     if image.mode in HIGH_BIT_MODES or image.mode == "F":

@@ -43,7 +43,7 @@ class Deadline:
 
 
 def open_client(limits: FetchLimits) -> httpx.Client:
-    """One client per batch; no connection reuse, so TLS is always checked against the hop's host."""
+    """One client per batch; no connection reuse, so TLS is always checked for the hop's host."""
     return httpx.Client(
         follow_redirects=False,
         trust_env=False,  # a proxy from the environment would bypass the address checks
@@ -102,7 +102,7 @@ def parse_http_url(url: str) -> httpx.URL:
 
 
 def resolve_checked(url: httpx.URL, allow_private: bool) -> str:
-    """Resolve the host and refuse it when any address is not global; returns the IP to connect to."""
+    """Resolve the host, refuse it if any address is not global; return the IP to connect to."""
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(url.host, port, type=socket.SOCK_STREAM)

@@ -45,7 +45,13 @@ class HistogramEmbedder(SquareCropEmbedder):
     model_id = VERSION
     decode_edge = EDGE
     crop = (EDGE, EDGE)
-    dims = {"color": COLOR_DIM, "structure": STRUCTURE_DIM, "combined": COLOR_DIM + STRUCTURE_DIM}
+
+    def __init__(self) -> None:
+        self.dims = {
+            "color": COLOR_DIM,
+            "structure": STRUCTURE_DIM,
+            "combined": COLOR_DIM + STRUCTURE_DIM,
+        }
 
     def embed_views(self, batches: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         makers = {"color": color_histogram, "structure": orientation_histogram}

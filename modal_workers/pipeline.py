@@ -1,4 +1,4 @@
-"""The one embedding path, locally and inside Modal: fetch -> decode once -> views -> embed -> fuse."""
+"""The one embedding path, local and on Modal: fetch -> decode once -> views -> embed -> fuse."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def embed_refs(
     *,
     forward_batch: int = FORWARD_BATCH,
 ) -> EmbedOutput:
-    """Embed refs; ids keep the input order of the successes, every refusal becomes a FailedProduct."""
+    """Embed refs; ids keep the input order of successes, each refusal becomes a FailedProduct."""
     kinds = check_kinds(kinds)
     limits = limits or FetchLimits()
     views = views_for(kinds)
@@ -123,7 +123,7 @@ def join_parts(parts: list[np.ndarray], dim: int) -> np.ndarray:
 def embed_query_image(
     source: str, kinds: Sequence[str], embedder: ImageEmbedder, limits: FetchLimits | None = None
 ) -> dict[str, np.ndarray]:
-    """Vectors (1, dim) per kind for one query image (URL or local path); ImageRefused on failure."""
+    """Vectors (1, dim) per kind for one query image (URL or local path); ImageRefused if not."""
     limits = limits or FetchLimits()
     if not is_http_url(source) and limits.local_root is None:
         limits = dataclasses.replace(limits, local_root=str(Path.cwd()))  # the user's own file

@@ -1,15 +1,15 @@
 """The views of one decoded image (color, structure), the CLIP-style square crop, and kind fusion.
 
 color      the image as it is (RGB), resized and centre-cropped like CLIPImageProcessor.
-structure  a colour-free "pencil sketch" of the same crop, so that products with the same shape but a
-           different colour or lighting land close together:
+structure  a colour-free "pencil sketch" of the same crop, so that products with the same shape
+           but a different colour or lighting land close together:
              1. grey = ITU-R 601 luma (what PIL's "L" uses);
              2. a 3x3 binomial blur, so JPEG noise and fine texture do not count as edges;
              3. Sobel gradient magnitude, divided by its 99th percentile and clipped to [0, 1]
-                (contrast/exposure invariant; a handful of very strong edges cannot squash the rest);
-             4. structure = 0.4 * grey + 0.6 * 255 * (1 - edges): contours become dark lines on a light
-                background (a drawing, which CLIP has seen a lot of) while some shading survives,
-                so the image stays a natural-looking input for CLIP; grey replicated to 3 channels.
+                (contrast/exposure invariant; a few very strong edges cannot squash the rest);
+             4. structure = 0.4 * grey + 0.6 * 255 * (1 - edges): contours turn into dark
+                lines on a light background (a drawing, which CLIP has seen a lot of) while
+                some shading survives, so the image stays a natural-looking input for CLIP; grey replicated to 3 channels.
            It is computed on the 224 crop, not the full image: ~0.5 ms instead of ~5 ms (DESIGN §7).
 combined   concat(color, structure) / sqrt(2) of the two L2-normalised vectors: unit norm, and the
            inner product of two combined vectors is exactly the mean of the two cosines, so one
@@ -31,7 +31,7 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 def square_crop(
     image: Image.Image, shortest_edge: int, crop: tuple[int, int], resample: int
 ) -> np.ndarray:
-    """Resize like CLIPImageProcessor (shortest edge, int() on the long one) and centre-crop; HxWx3 uint8."""
+    """Resize like CLIPImageProcessor (shortest edge), centre-crop; HxWx3 uint8."""
     width, height = image.size
     if width <= height:
         size = (shortest_edge, int(shortest_edge * height / width))

@@ -1,4 +1,4 @@
-"""A threaded local HTTP image server with real photos and a zoo of bad inputs, for tests and benches.
+"""A threaded local HTTP image server: real photos and a zoo of bad inputs, for tests and benches.
 
     with ImageServer() as server:
         server.url("/photos/coffee.jpg")              # real photograph (also .png)
@@ -88,7 +88,7 @@ def pixel_bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
 
 
 def exif_rotated_jpeg(upright: Image.Image) -> bytes:
-    """Pixels stored rotated 90° counter-clockwise with orientation 6 (display: rotate clockwise)."""
+    """Pixels stored turned 90° counter-clockwise, EXIF orientation 6 (display: turn clockwise)."""
     exif = Image.Exif()
     exif[0x0112] = 6
     return encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif)
