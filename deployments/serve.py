@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prefect import serve
+from typing import Any, cast
+
+from prefect import Flow, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import RunnerDeployment
@@ -11,12 +13,12 @@ from deployments.specs import DEPLOYMENTS, TIMEZONE, DeploymentSpec
 from flows.alignment_check import alignment_check
 from flows.build_index import build_index
 
-FLOWS = {"build-index": build_index, "alignment-check": alignment_check}
+FLOWS: dict[str, Flow[..., Any]] = {"build-index": build_index, "alignment-check": alignment_check}
 
 
 def to_runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
     """One spec as a served deployment: cron schedule, parameters, one run at a time."""
-    return FLOWS[spec.flow].to_deployment(
+    deployment = FLOWS[spec.flow].to_deployment(
         name=spec.name,
         schedules=[CronSchedule(cron=spec.cron, timezone=TIMEZONE)],
         parameters=spec.parameters,
@@ -25,6 +27,7 @@ def to_runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
             limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
         ),
     )
+    return cast(RunnerDeployment, deployment)  # sync call: async_dispatch returns the value
 
 
 def main() -> None:

@@ -29,7 +29,9 @@ CatalogOpt = Annotated[
 ]
 KindsOpt = Annotated[
     str | None,
-    typer.Option("--kinds", help="Comma-separated: color,structure,combined [env FAISS_BUILDER_KINDS]"),
+    typer.Option(
+        "--kinds", help="Comma-separated: color,structure,combined [env FAISS_BUILDER_KINDS]"
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 PrivateOpt = Annotated[
@@ -244,7 +246,9 @@ def _render_status(result: dict[str, Any]) -> str:
         for kind, info in result["kinds"].items()
     ]
     lines.append(f"  failed products: {result['failed_count']}")
-    lines += [f"    {f['id']!r}: {f['reason']} — {f['message']}" for f in result.get("failures", [])]
+    lines += [
+        f"    {f['id']!r}: {f['reason']} — {f['message']}" for f in result.get("failures", [])
+    ]
     return "\n".join(lines)
 
 

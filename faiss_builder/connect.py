@@ -24,9 +24,7 @@ class EmbedBackend(Protocol):
         """{"embedder": name, "model": model id, "dims": {kind: dim}}."""
         ...
 
-    def embed(
-        self, refs: list[ImageRef], kinds: list[str], limits: FetchLimits
-    ) -> EmbedOutput: ...
+    def embed(self, refs: list[ImageRef], kinds: list[str], limits: FetchLimits) -> EmbedOutput: ...
 
 
 class LocalBackend:
@@ -86,8 +84,8 @@ def open_backend(settings: Settings, embedder: str, model: str | None) -> EmbedB
     return LocalBackend(embedder, model_arg, device=settings.embed.device)
 
 
-def fetch_limits(settings: Settings, catalog: Catalog) -> FetchLimits:
-    """Fetch limits for this catalog; local file paths are allowed only for local catalog files."""
+def fetch_limits(settings: Settings, local_root: str | None) -> FetchLimits:
+    """Fetch limits; local file paths are allowed only under `local_root` (a local catalog's folder)."""
     from modal_workers.types import FetchLimits
 
     fetch = settings.fetch
@@ -96,7 +94,7 @@ def fetch_limits(settings: Settings, catalog: Catalog) -> FetchLimits:
         timeout_s=fetch.fetch_timeout_s,
         max_pixels=fetch.fetch_max_pixels,
         allow_private_urls=fetch.allow_private_urls,
-        local_root=catalog.local_root,
+        local_root=local_root,
     )
 
 

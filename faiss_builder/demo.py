@@ -56,7 +56,9 @@ def run_demo(folder: Path, *, products: int, embedder: str, echo: Echo) -> None:
     result = run_search(settings, kind="color", k=5, image=str(query), product_id=None)
     echo(f"search: products most like {query.name} ({result['embedder']}):")
     for rank, hit in enumerate(result["hits"], start=1):
-        echo(f"  {rank}. id={hit['id']:<5} brand={hit['brand'] or '-':<13} score={hit['score']:.4f}")
+        echo(
+            f"  {rank}. id={hit['id']:<5} brand={hit['brand'] or '-':<13} score={hit['score']:.4f}"
+        )
     echo(f"demo finished in {time.monotonic() - started:.1f} s; store: {folder / 'store'}")
     echo(f"next: faiss-builder search --store {folder / 'store'} --id 42 --kind structure")
     if not outcome["ok"]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from faiss_builder.connect import (
     LocalBackend,
     fetch_limits,
     open_catalog,
     open_storage,
 )
-from pydantic import SecretStr
-
 from faiss_builder.settings import Settings
 
 # `status --failed` prints at most this many; --json gets them all.
@@ -177,14 +177,12 @@ def _kind_status(kp: Any) -> dict[str, Any]:
 
 def _embed_query(settings: Settings, progress: Any, kind: str, image: str) -> Any:
     """Embed the query image with the embedder the index was built with."""
-    from dataclasses import replace
-
     from modal_workers.types import ImageRef
 
     backend = LocalBackend(progress.embedder, progress.model or None, device=settings.embed.device)
-    catalog_like = _QueryImage(image)
-    limits = replace(fetch_limits(settings, catalog_like), local_root=catalog_like.local_root)
-    output = backend.embed([ImageRef(id="query", url=catalog_like.url)], [kind], limits)
+    query = _QueryImage(image)
+    limits = fetch_limits(settings, query.local_root)
+    output = backend.embed([ImageRef(id="query", url=query.url)], [kind], limits)
     if output.failures:
         failure = output.failures[0]
         raise ValueError(f"query image {image}: {failure.reason}: {failure.message}")
@@ -223,7 +221,7 @@ def _cache_dir(settings: Settings) -> Path | None:
     return Path(settings.store.cache_dir) if settings.store.cache_dir else None
 
 
-class _progress_bar:  # noqa: N801 - used as a context manager
+class _progress_bar:
     """A rich progress bar on stderr fed by the flow's progress events (or nothing when hidden)."""
 
     def __init__(self, enabled: bool) -> None:

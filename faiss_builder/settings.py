@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,7 +21,9 @@ class StoreSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FAISS_BUILDER_", **_ENV)  # type: ignore[typeddict-item]
 
-    store: str = Field("faiss-store", description="A local folder, or `supabase` for Supabase Storage.")
+    store: str = Field(
+        "faiss-store", description="A local folder, or `supabase` for Supabase Storage."
+    )
     store_prefix: str = Field("faiss/", description="Object prefix inside the Supabase bucket.")
     shard_max_vectors: int = Field(1000, gt=0, description="Seal a shard at this many vectors.")
     shard_max_bytes: int = Field(
@@ -137,11 +139,11 @@ def parse_kinds(value: object) -> tuple[str, ...]:
     return tuple(kind for kind in ALL_KINDS if kind in wanted)
 
 
-def _pick(model: type[BaseSettings], overrides: dict[str, object]) -> dict[str, object]:
+def _pick(model: type[BaseSettings], overrides: dict[str, object]) -> dict[str, Any]:
     return {key: value for key, value in overrides.items() if key in model.model_fields}
 
 
-def _pick_prefixed(prefix: str, overrides: dict[str, object]) -> dict[str, object]:
+def _pick_prefixed(prefix: str, overrides: dict[str, object]) -> dict[str, Any]:
     return {
         key.removeprefix(prefix): value
         for key, value in overrides.items()

@@ -145,7 +145,7 @@ def run_alignment_check(
             backend,
             kinds,
             sample=sample,
-            limits=fetch_limits(settings, catalog),
+            limits=fetch_limits(settings, catalog.local_root),
             threshold=threshold,
             seed=seed,
         )

@@ -36,15 +36,19 @@ def alignment_check(
         catalog=catalog,
         allow_private_urls=allow_private_urls,
     )
-    report = check_store_task(settings, kinds)
-    kind_list = sorted(report.kinds) if kinds is None else list(kinds)
+    requested: list[str] | None = [str(kind) for kind in kinds] if kinds else None
+    report = check_store_task(settings, requested)
+    kind_list = requested or list(report.kinds)
     sample_report = (
         check_sample_task(settings, kind_list, sample, threshold, seed)
         if sample > 0 and report.ok
         else None
     )
     publish_check_report(report, sample_report)
-    result = {"store": report.to_dict(), "sample": sample_report.to_dict() if sample_report else None}
+    result = {
+        "store": report.to_dict(),
+        "sample": sample_report.to_dict() if sample_report else None,
+    }
     if not report.ok or (sample_report is not None and not sample_report.ok):
         raise AlignmentError(_failure_message(report, sample_report))
     get_run_logger().info("alignment check passed for %s", ", ".join(kind_list))

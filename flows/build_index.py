@@ -98,7 +98,9 @@ def _run_batches(session: BuildSession, batch_size: int, max_in_flight: int) -> 
         _write_oldest(session, in_flight, artifact, total)
 
 
-def _write_oldest(session: BuildSession, in_flight: InFlight, artifact: Any, total: int | None) -> None:
+def _write_oldest(
+    session: BuildSession, in_flight: InFlight, artifact: Any, total: int | None
+) -> None:
     products, future = in_flight.popleft()
     write_batch(session, products, future.result())
     report_progress(artifact, session.stats.products, total)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import task
@@ -19,9 +19,11 @@ FAILURE_ROWS = 100
 
 @task(name="create-progress-artifact", cache_policy=NONE, persist_result=False)
 def start_progress(store: str) -> UUID:
-    return create_progress_artifact(
+    # Called from sync code, so Prefect's async_dispatch returns the id, not a coroutine.
+    artifact_id = create_progress_artifact(
         0.0, key="build-index-progress", description=f"Products processed into {store}"
     )
+    return cast(UUID, artifact_id)
 
 
 @task(name="update-progress-artifact", cache_policy=NONE, persist_result=False)

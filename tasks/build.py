@@ -112,7 +112,7 @@ def start_build(settings: Settings, run_id: str) -> BuildSession:
         storage=storage,
         catalog=catalog,
         backend=backend,
-        limits=fetch_limits(settings, catalog),
+        limits=fetch_limits(settings, catalog.local_root),
         writer=writer,
         lease=lease,
         max_images=embed.max_images,

@@ -11,6 +11,7 @@ from prefect.cache_policies import NONE
 from faiss_builder.connect import fetch_limits, open_backend, open_catalog, open_storage
 from faiss_builder.settings import Settings
 from faiss_builder.verify import SampleReport, render_check, store_kinds, verify_sample
+from sharding.checks import AlignmentReport
 from tasks.retry import RETRY_DELAYS_S, retry_transient_only
 
 _OPTIONS: dict[str, Any] = {
@@ -23,7 +24,7 @@ _OPTIONS: dict[str, Any] = {
 
 
 @task(name="check-store", **_OPTIONS)
-def check_store_task(settings: Settings, kinds: list[str] | None) -> Any:
+def check_store_task(settings: Settings, kinds: list[str] | None) -> AlignmentReport:
     """Counts, id maps, duplicates, objects, checksums, dimensions and norms of each kind."""
     from sharding.checks import check_store
 
@@ -47,14 +48,14 @@ def check_sample_task(
         backend,
         kinds,
         sample=sample,
-        limits=fetch_limits(settings, catalog),
+        limits=fetch_limits(settings, catalog.local_root),
         threshold=threshold,
         seed=seed,
     )
 
 
 @task(name="publish-check-report", cache_policy=NONE, persist_result=False)
-def publish_check_report(report: Any, sample: SampleReport | None) -> None:
+def publish_check_report(report: AlignmentReport, sample: SampleReport | None) -> None:
     """The report as a markdown artifact, and the sample as a table."""
     create_markdown_artifact(render_check(report, sample), key="alignment-check-report")
     if sample is not None and sample.results:

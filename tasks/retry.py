@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-RETRY_DELAYS_S = [2, 5, 15]
+RETRY_DELAYS_S: list[float] = [2.0, 5.0, 15.0]
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -76,7 +76,9 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise CatalogError(f"catalog file {path} line {number}: invalid JSON ({exc})") from exc
+                raise CatalogError(
+                    f"catalog file {path} line {number}: invalid JSON ({exc})"
+                ) from exc
             if not isinstance(row, dict):
                 raise CatalogError(f"catalog file {path} line {number}: expected a JSON object")
             yield number, row

@@ -80,7 +80,9 @@ def _prefect(env: dict[str, str], *args: str, cwd: Path, timeout: float = 180) -
         text=True,
         timeout=timeout,
     )
-    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    )
     return result.stdout
 
 
@@ -89,7 +91,9 @@ def test_deploy_all_and_run_build_index_color_through_a_worker(
     server_env: dict[str, str], tmp_path: Path
 ) -> None:
     project = tmp_path / "project"
-    shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(".venv", ".git", ".stack", "demo", "*.pyc"))
+    shutil.copytree(
+        REPO, project, ignore=shutil.ignore_patterns(".venv", ".git", ".stack", "demo", "*.pyc")
+    )
     catalog, _ = make_demo_catalog(tmp_path / "catalog", 12)
     store = tmp_path / "store"
     env = {

@@ -37,3 +37,15 @@ def test_every_build_kind_has_a_deployment_and_valid_cron() -> None:
     assert {"build-index/color", "build-index/structure", "build-index/combined"} <= names
     for spec in DEPLOYMENTS:
         assert CronSchedule(cron=spec.cron, timezone=TIMEZONE).cron == spec.cron
+
+
+def test_served_deployments_carry_schedule_parameters_and_one_run_at_a_time() -> None:
+    from deployments.serve import to_runner_deployment
+
+    for spec in DEPLOYMENTS:
+        deployment = to_runner_deployment(spec)
+        assert (deployment.flow_name, deployment.name) == (spec.flow, spec.name)
+        assert deployment.entrypoint == ENTRYPOINTS[spec.flow]
+        assert deployment.parameters == spec.parameters
+        assert [s.schedule.cron for s in deployment.schedules] == [spec.cron]
+        assert deployment.concurrency_limit == 1

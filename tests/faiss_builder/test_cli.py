@@ -120,7 +120,9 @@ def test_a_held_lease_exits_5_and_bad_configuration_exits_2(
     finally:
         lease.release()
     assert code == EXIT_BUSY and "other-run" in err
-    code, _, err = _run("build", "--store", str(store), "--catalog", str(catalog), "--kinds", "shape")
+    code, _, err = _run(
+        "build", "--store", str(store), "--catalog", str(catalog), "--kinds", "shape"
+    )
     assert code == EXIT_CONFIG and "shape" in err
     code, _, err = _run("status", "--store", "supabase")
     assert code == EXIT_CONFIG and "SUPABASE_URL" in err

@@ -50,7 +50,10 @@ def _contents(store: Path) -> dict[str, tuple[list, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def clean_store(
-    prefect_api: object, catalog_file: Path, tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    prefect_api: object,
+    catalog_file: Path,
+    tiny_clip_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, dict]:
     store = tmp_path_factory.mktemp("clean-store")
     monkeypatch = pytest.MonkeyPatch()
@@ -73,7 +76,9 @@ def test_build_indexes_every_product_for_every_kind(clean_store: tuple[Path, dic
         first = faiss.read_index(str(store / f"clip_{kind}_shard_00001.index"))
         ids = json.loads((store / f"id_map_{kind}_shard_00001.json").read_text())
         assert first.ntotal == len(ids) == 10
-        assert json.loads((store / f"id_map_{kind}.json").read_text()) == list(range(1, PRODUCTS + 1))
+        assert json.loads((store / f"id_map_{kind}.json").read_text()) == list(
+            range(1, PRODUCTS + 1)
+        )
 
 
 def test_alignment_check_flow_passes_on_a_clean_build(
