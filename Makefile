@@ -41,4 +41,4 @@ soak: install
 	$(PY) -m pytest -q -m soak tests/reliability
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-store
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .stack demo
