@@ -1,0 +1,143 @@
+"""Images/s of (a) the raw CLIP forward and (b) fetch -> decode -> views -> forward over local HTTP.
+
+    python -m bench.embed_throughput [--quick] [--precision fp32|bf16] [--threads N]
+
+The model is ViT-B/32-shaped (CLIPConfig defaults for the vision tower: hidden 768, 12 layers,
+patch 32, 224 px; projection 512) with random weights, saved and loaded through the same
+ClipEmbedder code as a real checkpoint (same compute as openai/clip-vit-base-patch32, no download).
+The served images are scikit-image photos upscaled to a 1200 px long side, JPEG quality 90.
+(b) embeds all three kinds: two forwards per image (color + structure views; combined is fused),
+so the ratio is reported both per image and per forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modal_workers.clip import ClipEmbedder
+from modal_workers.pipeline import embed_refs
+from modal_workers.types import KINDS, FetchLimits, ImageRef
+from tests.support.image_server import ImageServer, encode
+from tests.support.photos import PHOTO_NAMES, load_photo
+
+LONG_SIDE = 1200
+BATCH = 32
+
+
+def build_vit_b32(directory: Path) -> Path:
+    """Random ViT-B/32-shaped CLIP; a tiny text tower since only images are embedded."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    torch.manual_seed(0)
+    text = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
+    CLIPModel(CLIPConfig(text_config=text, projection_dim=512)).save_pretrained(directory)
+    CLIPImageProcessorPil().save_pretrained(directory)
+    return directory
+
+
+def raw_forward_rate(embedder: ClipEmbedder, images: int) -> float:
+    """(a) images/s of the forward alone on already-normalised tensors."""
+    pixels = torch.randn(BATCH, 3, 224, 224)
+    embedder.forward_pixel_values(pixels)  # warm-up
+    started = time.perf_counter()
+    for _ in range(images // BATCH):
+        embedder.forward_pixel_values(pixels)
+    return (images // BATCH) * BATCH / (time.perf_counter() - started)
+
+
+def serve_upscaled_photos(server: ImageServer, count: int) -> list[ImageRef]:
+    """`count` distinct URLs (no cache can help) over the upscaled photos."""
+    bodies = []
+    for name in PHOTO_NAMES:
+        photo = load_photo(name)
+        scale = LONG_SIDE / max(photo.size)
+        size = (round(photo.width * scale), round(photo.height * scale))
+        bodies.append(encode(photo.resize(size, Image.Resampling.BICUBIC), "JPEG", quality=90))
+    return [
+        ImageRef(i, server.add(f"/bench/{i}.jpg", bodies[i % len(bodies)])) for i in range(count)
+    ]
+
+
+def pipeline_rate(embedder: ClipEmbedder, refs: list[ImageRef], limits: FetchLimits) -> float:
+    """(b) images/s of embed_refs for all three kinds."""
+    embed_refs(refs[:BATCH], KINDS, embedder, limits)  # warm-up: threads, server, allocator
+    started = time.perf_counter()
+    output = embed_refs(refs, KINDS, embedder, limits)
+    elapsed = time.perf_counter() - started
+    if output.failures:
+        raise RuntimeError(f"bench images failed: {output.failures[:3]}")
+    return len(output.ids) / elapsed
+
+
+def prepare_only_rate(embedder: ClipEmbedder, refs: list[ImageRef], limits: FetchLimits) -> float:
+    """fetch + decode + views with no forward: the CPU-side ceiling of (b)."""
+
+    class NoForward(ClipEmbedder):
+        def embed_views(self, batches):  # type: ignore[no-untyped-def]
+            return {
+                view: np.zeros((len(b), self.dims[view]), np.float32) for view, b in batches.items()
+            }
+
+    hollow = object.__new__(NoForward)
+    hollow.__dict__.update(embedder.__dict__)
+    started = time.perf_counter()
+    embed_refs(refs, KINDS, hollow, limits)
+    return len(refs) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images (~30 s on 2 cores)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=16, help="fetch/decode threads")
+    args = parser.parse_args()
+    raw_images, pipeline_images = (64, 64) if args.quick else (256, 192)
+    limits = FetchLimits(allow_private_urls=True, threads=args.threads)
+    with tempfile.TemporaryDirectory() as tmp, ImageServer() as server:
+        embedder = ClipEmbedder(
+            str(build_vit_b32(Path(tmp))), device="cpu", precision=args.precision
+        )
+        refs = serve_upscaled_photos(server, pipeline_images)
+        raw = raw_forward_rate(embedder, raw_images)
+        full = pipeline_rate(embedder, refs, limits)
+        prepare = prepare_only_rate(embedder, refs, limits)
+    report = {
+        "model": "ViT-B/32-shaped CLIP, random weights",
+        "device": "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "precision": args.precision,
+        "batch": BATCH,
+        "source_images": f"JPEG q90, {LONG_SIDE}px long side, local HTTP",
+        "a_raw_forward_images_per_s": round(raw, 1),
+        "b_pipeline_images_per_s": round(full, 1),
+        "b_forwards_per_image": 2,
+        "b_pipeline_forwards_per_s": round(2 * full, 1),
+        "ratio_per_image_b_over_a": round(full / raw, 3),
+        "ratio_per_forward_b_over_a": round(2 * full / raw, 3),
+        "fetch_decode_views_only_images_per_s": round(prepare, 1),
+    }
+    print(json.dumps(report))
+    print(
+        f"(a) raw forward {raw:.1f} img/s; (b) fetch->decode->views->forward, 3 kinds, "
+        f"{full:.1f} img/s = {2 * full:.1f} forwards/s; ratio {full / raw:.2f} per image, "
+        f"{2 * full / raw:.2f} per forward; fetch+decode+views alone {prepare:.0f} img/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
