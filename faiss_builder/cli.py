@@ -45,10 +45,16 @@ PrivateOpt = Annotated[
 
 def main() -> None:
     """Console-script entry point."""
-    # Prefect's console handler stays quiet (the CLI draws its own progress and one-line errors);
-    # run logs still reach the Prefect API and UI. Set the variable to INFO to see them here.
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     app()
+
+
+@app.callback()
+def _quiet_libraries() -> None:
+    """Keep library chatter off the terminal; the CLI prints its own progress and one-line errors."""
+    # Prefect run logs still reach the Prefect API and UI; set the variable to INFO to see them here.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 @app.command()

@@ -221,8 +221,12 @@ def _cache_dir(settings: Settings) -> Path | None:
     return Path(settings.store.cache_dir) if settings.store.cache_dir else None
 
 
-class _progress_bar:
-    """A rich progress bar on stderr fed by the flow's progress events (or nothing when hidden)."""
+class _progress_bar:  # noqa: N801 - used as a context manager
+    """A rich progress bar on stderr fed by the flow's progress events (or nothing when hidden).
+
+    The bar appears only once the build starts embedding, so a run refused up front prints
+    nothing but its one-line error.
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -230,19 +234,6 @@ class _progress_bar:
         self._task: Any = None
 
     def __enter__(self) -> Any:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-            self._progress = Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self._progress.start()
         return self._on_event
 
     def __exit__(self, *exc: object) -> None:
@@ -250,13 +241,27 @@ class _progress_bar:
             self._progress.stop()
 
     def _on_event(self, event: str, data: dict[str, Any]) -> None:
-        if self._progress is None:
+        if not self.enabled:
             return
         if event == "start":
-            self._task = self._progress.add_task("embedding", total=data.get("total"))
+            self._start(data.get("total"))
         elif event == "batch" and self._task is not None:
             self._progress.update(
                 self._task,
                 completed=data["done"],
                 description=f"embedding ({data['failed']} failed)",
             )
+
+    def _start(self, total: int | None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("embedding", total=total)

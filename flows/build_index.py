@@ -16,12 +16,13 @@ from tasks import progress_events
 from tasks.artifacts import publish_summary, report_progress, start_progress
 from tasks.build import (
     BuildSession,
+    append_batch,
+    commit_batch,
     embed_batch,
     fetch_page,
     finish_build,
     release_lease,
     start_build,
-    write_batch,
 )
 
 InFlight = deque[tuple[list[Product], PrefectFuture[Any]]]
@@ -102,7 +103,9 @@ def _write_oldest(
     session: BuildSession, in_flight: InFlight, artifact: Any, total: int | None
 ) -> None:
     products, future = in_flight.popleft()
-    write_batch(session, products, future.result())
+    output = future.result()
+    append_batch(session, products, output)
+    commit_batch(session, products, output)
     report_progress(artifact, session.stats.products, total)
 
 

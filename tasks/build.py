@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from faiss_builder.catalog.base import Catalog, Product, ProductId
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
     from modal_workers.types import EmbedOutput, FetchLimits
     from sharding.lease import StoreLease
     from sharding.storage import Storage
-    from sharding.writer import IndexWriter
+    from sharding.writer import EmbeddedBatch, IndexWriter
 
 # Tasks pass live objects (writer, clients) between each other in one process: no caching,
 # no result persistence.
@@ -41,7 +40,6 @@ class BuildStats:
     products: int = 0
     batches: int = 0
     failed: int = 0
-    vectors: Counter[str] = field(default_factory=Counter)
     failures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -62,6 +60,7 @@ class BuildSession:
     writer: IndexWriter
     lease: StoreLease
     max_images: int | None
+    totals_at_start: dict[str, int]
     stats: BuildStats = field(default_factory=BuildStats)
 
     def room_left(self, batch_size: int, queued: int) -> int:
@@ -116,6 +115,7 @@ def start_build(settings: Settings, run_id: str) -> BuildSession:
         writer=writer,
         lease=lease,
         max_images=embed.max_images,
+        totals_at_start={kind: writer.progress.total_vectors(kind) for kind in embed.kinds},
     )
 
 
@@ -150,26 +150,55 @@ def embed_batch(
     return backend.embed(refs, kinds, limits)
 
 
-@task(name="write-batch", **_TASK_OPTIONS)
-def write_batch(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
-    """Append the batch to the open shards, upload what changed, then commit progress.json."""
+@task(
+    name="append-batch",
+    retries=2,
+    retry_delay_seconds=RETRY_DELAYS_S,
+    retry_condition_fn=retry_transient_only,
+    **_TASK_OPTIONS,
+)
+def append_batch(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
+    """Append the batch to each kind's open shard and upload shards it sealed (safe to retry)."""
+    session.writer.add_batch(to_embedded_batch(products, output))
+
+
+@task(
+    name="commit-batch",
+    retries=2,
+    retry_delay_seconds=RETRY_DELAYS_S,
+    retry_condition_fn=retry_transient_only,
+    **_TASK_OPTIONS,
+)
+def commit_batch(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
+    """Upload the open shards, renew the lease, write progress.json last, check the counts."""
+    progress = session.writer.commit()
+    _count(session, products, output)
+    stats = session.stats
+    get_run_logger().info(
+        "batch %d: %d products (%d failed) up to id %r; commit %d",
+        stats.batches,
+        len(products),
+        len(output.failures),
+        products[-1].id,
+        progress.commit_seq,
+    )
+    progress_events.publish("batch", done=stats.products, failed=stats.failed)
+
+
+def to_embedded_batch(products: list[Product], output: EmbedOutput) -> EmbeddedBatch:
+    """The embedding result in the writer's terms: brands attached, failures kept, the page's end."""
     from sharding.writer import EmbeddedBatch, FailedProduct
 
     brands = {product.id: product.brand for product in products}
-    session.writer.add_batch(
-        EmbeddedBatch(
-            ids=list(output.ids),
-            brands=[brands[product_id] for product_id in output.ids],
-            vectors=output.vectors,
-            failures=[
-                FailedProduct(id=f.id, reason=f.reason, message=f.message) for f in output.failures
-            ],
-            last_id=products[-1].id,
-        )
+    return EmbeddedBatch(
+        ids=list(output.ids),
+        brands=[brands[product_id] for product_id in output.ids],
+        vectors=output.vectors,
+        failures=[
+            FailedProduct(id=f.id, reason=f.reason, message=f.message) for f in output.failures
+        ],
+        last_id=products[-1].id,
     )
-    session.writer.commit()
-    _count(session, products, output)
-    progress_events.publish("batch", done=session.stats.products, failed=session.stats.failed)
 
 
 @task(name="finish-build", **_TASK_OPTIONS)
@@ -187,8 +216,11 @@ def finish_build(session: BuildSession) -> dict[str, Any]:
         "products": stats.products,
         "batches": stats.batches,
         "failed": stats.failed,
-        "vectors_added": {kind: stats.vectors[kind] for kind in session.kinds},
-        "total_vectors": {kind: progress.kinds[kind].total_vectors for kind in session.kinds},
+        "vectors_added": {
+            kind: progress.total_vectors(kind) - session.totals_at_start[kind]
+            for kind in session.kinds
+        },
+        "total_vectors": {kind: progress.total_vectors(kind) for kind in session.kinds},
         "shards": {kind: progress.kinds[kind].shard_count() for kind in session.kinds},
         "elapsed_s": round(stats.elapsed_s, 3),
         "images_per_s": round(stats.products / stats.elapsed_s, 2) if stats.elapsed_s else 0.0,
@@ -210,8 +242,6 @@ def _count(session: BuildSession, products: list[Product], output: EmbedOutput) 
     stats.products += len(products)
     stats.batches += 1
     stats.failed += len(output.failures)
-    for kind in session.kinds:
-        stats.vectors[kind] += len(output.ids)
     stats.failures.extend(
         {"id": f.id, "reason": f.reason, "message": f.message} for f in output.failures
     )

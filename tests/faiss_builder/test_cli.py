@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,7 +92,7 @@ def test_check_fails_with_exit_1_on_a_damaged_shard(
         (damaged / item.name).write_bytes(item.read_bytes())
     shard = damaged / "clip_color_shard_00001.index"
     data = bytearray(shard.read_bytes())
-    data[-8:] = b"\x00" * 8
+    data[-8:] = bytes(byte ^ 0xFF for byte in data[-8:])
     shard.write_bytes(bytes(data))
     code, out, _ = _run("check", "--store", str(damaged), "--catalog", str(catalog))
     assert code == EXIT_CHECK_FAILED
@@ -97,13 +100,22 @@ def test_check_fails_with_exit_1_on_a_damaged_shard(
 
 
 def test_resume_with_another_embedder_is_refused_and_writes_nothing(
-    built_store: Path, catalog: Path, tiny_clip_dir: Path
+    built_store: Path, catalog: Path, tiny_clip_dir: Path, prefect_api: object
 ) -> None:
+    """Run as a user would, in a fresh process: exit 4 and exactly one line on stderr."""
     before = {p.name: p.read_bytes() for p in built_store.iterdir()}
-    code, _, err = _run("build", "--store", str(built_store), "--catalog", str(catalog),
-                        "--embedder", "clip", "--model", str(tiny_clip_dir))  # fmt: skip
-    assert code == EXIT_STATE
-    assert err.startswith("faiss-builder: error: refusing to resume") and err.count("\n") == 1
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("faiss-builder")), "build", "--store", str(built_store),
+         "--catalog", str(catalog), "--embedder", "clip", "--model", str(tiny_clip_dir)],
+        env={**os.environ, "PREFECT_API_URL": str(prefect_api)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == EXIT_STATE
+    assert result.stderr.startswith("faiss-builder: error: refusing to resume")
+    assert result.stderr.count("\n") == 1 and "model 'histogram-v1'" in result.stderr
+    assert result.stdout == ""
     assert {p.name: p.read_bytes() for p in built_store.iterdir()} == before
 
 
@@ -127,3 +139,18 @@ def test_a_held_lease_exits_5_and_bad_configuration_exits_2(
     code, _, err = _run("status", "--store", "supabase")
     assert code == EXIT_CONFIG and "SUPABASE_URL" in err
     assert not (store / "progress.json").exists()
+
+
+def test_modal_backend_without_credentials_fails_at_once_with_the_fix(
+    catalog: Path, tmp_path: Path, prefect_api: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
+    monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    store = tmp_path / "store"
+    code, _, err = _run("build", "--store", str(store), "--catalog", str(catalog),
+                        "--backend", "modal", "--embedder", "histogram")  # fmt: skip
+    assert code == EXIT_CONFIG
+    assert "modal token new" in err and "modal deploy modal_workers/app.py" in err
+    assert not store.exists() or not any(store.iterdir())
