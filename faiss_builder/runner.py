@@ -25,7 +25,7 @@ def run_build(settings: Settings, *, show_progress: bool) -> dict[str, Any]:
     from tasks import progress_events
 
     embed, catalog, fetch = settings.embed, settings.catalog, settings.fetch
-    with _progress_bar(show_progress) as listener:
+    with _ProgressBar(show_progress) as listener:
         unsubscribe = progress_events.subscribe(listener)
         try:
             return build_index(
@@ -221,7 +221,7 @@ def _cache_dir(settings: Settings) -> Path | None:
     return Path(settings.store.cache_dir) if settings.store.cache_dir else None
 
 
-class _progress_bar:  # noqa: N801 - used as a context manager
+class _ProgressBar:
     """A rich progress bar on stderr fed by the flow's progress events (or nothing when hidden).
 
     The bar appears only once the build starts embedding, so a run refused up front prints
