@@ -1,8 +1,8 @@
 """The Modal app: CLIP embedding on an A10G, running the same embed_refs path as local builds.
 
 Deploy (once per change):   modal deploy modal_workers/app.py
-Deploy-time settings (read once, below): MFB_MODAL_GPU (A10G), MFB_MODAL_MAX_CONTAINERS (10),
-MFB_MODAL_TIMEOUT_S (600), MFB_MODAL_RETRIES (2), MFB_MODAL_SCALEDOWN_S (120).
+Deploy-time settings (read once, below): FAISS_BUILDER_MODAL_GPU (A10G), FAISS_BUILDER_MODAL_MAX_CONTAINERS (10),
+FAISS_BUILDER_MODAL_TIMEOUT_S (600), FAISS_BUILDER_MODAL_RETRIES (2), FAISS_BUILDER_MODAL_SCALEDOWN_S (120).
 The orchestrator reaches it through modal_workers.remote.ModalEmbedClient; torch is imported only
 inside the container (the orchestrator side imports nothing heavy from this file).
 """
@@ -21,7 +21,7 @@ MINUTES = 60
 
 def deploy_setting(name: str, default: str) -> str:
     """The one place that reads the deploy-time environment."""
-    return os.environ.get(f"MFB_MODAL_{name}", default)
+    return os.environ.get(f"FAISS_BUILDER_MODAL_{name}", default)
 
 
 GPU = deploy_setting("GPU", "A10G")
