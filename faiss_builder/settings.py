@@ -30,7 +30,9 @@ class StoreSettings(BaseSettings):
         45_000_000, gt=0, description="Seal a shard before its file could pass this size."
     )
     cache_dir: str | None = Field(None, description="Local cache for downloaded shards (search).")
-    lease_ttl_s: float = Field(300.0, gt=0, description="How long a writer's store lease lasts.")
+    lease_ttl_s: float = Field(
+        60.0, gt=0, description="Store lease lifetime; renewed in the background while running."
+    )
     lease_wait_s: float = Field(0.0, ge=0, description="How long a second writer waits.")
     crash_after_writes: int | None = Field(
         None, description="Testing hook: raise after this many storage writes."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,3 +149,42 @@ def _read(storage: Storage) -> LeaseInfo | None:
 
 def _same(a: LeaseInfo | None, b: LeaseInfo | None) -> bool:
     return a is not None and a == b
+
+
+class LeaseKeeper:
+    """Renews a lease in a background thread, so the TTL can be short whatever a batch takes.
+
+    A run killed with SIGKILL stops renewing, and its lease expires within one TTL. A failed
+    renewal is kept, not raised here: the writer's `before_commit` check raises LeaseLost.
+    """
+
+    def __init__(self, lease: StoreLease, interval_s: float | None = None) -> None:
+        self.lease = lease
+        self.interval_s = interval_s if interval_s is not None else lease.ttl_s / 3
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def start(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval_s + 5)
+
+    def __enter__(self) -> LeaseKeeper:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.lease.renew()
+            except Exception as exc:  # transient storage faults: try again next interval
+                self.error = exc
+                if isinstance(exc, LeaseLost):
+                    return

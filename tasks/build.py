@@ -23,7 +23,7 @@ from tasks.retry import RETRY_DELAYS_S, retry_transient_only
 
 if TYPE_CHECKING:
     from modal_workers.types import EmbedOutput, FetchLimits
-    from sharding.lease import StoreLease
+    from sharding.lease import LeaseKeeper, StoreLease
     from sharding.storage import Storage
     from sharding.writer import EmbeddedBatch, IndexWriter
 
@@ -59,6 +59,7 @@ class BuildSession:
     limits: FetchLimits
     writer: IndexWriter
     lease: StoreLease
+    keeper: LeaseKeeper
     max_images: int | None
     totals_at_start: dict[str, int]
     stats: BuildStats = field(default_factory=BuildStats)
@@ -73,7 +74,7 @@ class BuildSession:
 @task(name="start-build", **_TASK_OPTIONS)
 def start_build(settings: Settings, run_id: str) -> BuildSession:
     """Connect everything and take the store lease; refuse bad configuration before any write."""
-    from sharding.lease import StoreLease
+    from sharding.lease import LeaseKeeper, StoreLease
     from sharding.state import read_progress
     from sharding.writer import BuildConfig, IndexWriter, check_resume
 
@@ -106,6 +107,7 @@ def start_build(settings: Settings, run_id: str) -> BuildSession:
         lease.release()
         raise
     return BuildSession(
+        keeper=LeaseKeeper(lease).start(),
         run_id=run_id,
         kinds=list(embed.kinds),
         storage=storage,
@@ -233,7 +235,8 @@ def finish_build(session: BuildSession) -> dict[str, Any]:
 
 @task(name="release-lease", **_TASK_OPTIONS)
 def release_lease(session: BuildSession) -> None:
-    """Give the store back so the next run need not wait for the lease to expire."""
+    """Stop renewing and give the store back, so the next run need not wait for the expiry."""
+    session.keeper.stop()
     session.lease.release()
 
 
