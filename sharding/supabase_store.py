@@ -140,6 +140,7 @@ class SupabaseStore:
 
     def _call(self, what: str, operation: Callable[[], T]) -> T:
         """Run one request; retry transient failures with backoff, raise permanent ones at once."""
+        what = f"{self.describe()}: {what}"  # errors name the store (never the key)
         for attempt in range(self.retry.attempts):
             try:
                 return operation()

@@ -1,30 +1,7 @@
-"""A local Supabase Storage server and an official client pointed at it."""
+"""A local Supabase Storage server and an official client pointed at it (from tests/support)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from tests.support.storage_fixtures import sleeps, storage_server, supabase_store
 
-import pytest
-from pydantic import SecretStr
-
-from sharding.supabase_store import RetryPolicy, SupabaseStore, create_supabase_client
-from tests.support.supabase_storage_server import SupabaseStorageServer
-
-
-@pytest.fixture
-def storage_server() -> Iterator[SupabaseStorageServer]:
-    with SupabaseStorageServer(buckets=("faiss",)) as server:
-        yield server
-
-
-@pytest.fixture
-def sleeps() -> list[float]:
-    return []
-
-
-@pytest.fixture
-def supabase_store(storage_server: SupabaseStorageServer, sleeps: list[float]) -> SupabaseStore:
-    client = create_supabase_client(
-        storage_server.url, SecretStr(storage_server.key), timeout_s=0.5
-    )
-    return SupabaseStore(client, "faiss", retry=RetryPolicy(sleep=sleeps.append))
+__all__ = ["sleeps", "storage_server", "supabase_store"]
