@@ -110,6 +110,32 @@ def _judge(kind: str, product_id: ProductId, hits: Sequence[Any], threshold: flo
     return SampleResult(kind, product_id, found, round(own.score, 6), hits[0].id, note)
 
 
+def check_sample(
+    settings: Settings,
+    storage: Storage,
+    kinds: Sequence[str],
+    sample: int,
+    threshold: float = DEFAULT_SELF_SIMILARITY,
+    seed: int | None = None,
+) -> SampleReport:
+    """Re-embed a sample with the embedder that built the index (from progress.json)."""
+    from faiss_builder.connect import fetch_limits, open_backend, open_catalog
+    from sharding.state import require_progress
+
+    catalog = open_catalog(settings)
+    progress = require_progress(storage)
+    return verify_sample(
+        storage,
+        catalog,
+        open_backend(settings, progress.embedder, progress.model or None),
+        kinds,
+        sample=sample,
+        limits=fetch_limits(settings, catalog.local_root),
+        threshold=threshold,
+        seed=seed,
+    )
+
+
 def store_kinds(storage: Storage) -> list[str]:
     """The kinds progress.json has committed, in canonical order."""
     from sharding.state import require_progress
@@ -127,28 +153,15 @@ def run_alignment_check(
     seed: int | None = None,
 ) -> dict[str, Any]:
     """The whole check as the CLI runs it: {ok, kinds, store, sample, text}."""
-    from faiss_builder.connect import fetch_limits, open_backend, open_catalog, open_storage
+    from faiss_builder.connect import open_storage
     from sharding.checks import check_store
-    from sharding.state import require_progress
 
     storage = open_storage(settings)
     kinds = kinds or store_kinds(storage)
     report = check_store(storage, kinds)
     sample_report = None
     if report.ok and sample > 0:
-        catalog = open_catalog(settings)
-        progress = require_progress(storage)
-        backend = open_backend(settings, progress.embedder, progress.model or None)
-        sample_report = verify_sample(
-            storage,
-            catalog,
-            backend,
-            kinds,
-            sample=sample,
-            limits=fetch_limits(settings, catalog.local_root),
-            threshold=threshold,
-            seed=seed,
-        )
+        sample_report = check_sample(settings, storage, kinds, sample, threshold, seed)
     ok = report.ok and (sample_report is None or sample_report.ok)
     return {
         "ok": ok,

@@ -8,9 +8,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from faiss_builder.connect import fetch_limits, open_backend, open_catalog, open_storage
+from faiss_builder.connect import open_storage
 from faiss_builder.settings import Settings
-from faiss_builder.verify import SampleReport, render_check, store_kinds, verify_sample
+from faiss_builder.verify import SampleReport, check_sample, render_check, store_kinds
 from sharding.checks import AlignmentReport
 from tasks.retry import RETRY_DELAYS_S, retry_transient_only
 
@@ -37,21 +37,7 @@ def check_sample_task(
     settings: Settings, kinds: list[str], sample: int, threshold: float, seed: int | None
 ) -> SampleReport:
     """Re-embed a random sample with the index's own embedder; each must find itself."""
-    from sharding.state import require_progress
-
-    storage, catalog = open_storage(settings), open_catalog(settings)
-    progress = require_progress(storage)
-    backend = open_backend(settings, progress.embedder, progress.model or None)
-    return verify_sample(
-        storage,
-        catalog,
-        backend,
-        kinds,
-        sample=sample,
-        limits=fetch_limits(settings, catalog.local_root),
-        threshold=threshold,
-        seed=seed,
-    )
+    return check_sample(settings, open_storage(settings), kinds, sample, threshold, seed)
 
 
 @task(name="publish-check-report", cache_policy=NONE, persist_result=False)
