@@ -34,7 +34,7 @@ from sharding.progress import (
     SegmentRef,
     ShardRecord,
 )
-from sharding.state import get_verified, load_shard, read_progress, shard_records
+from sharding.state import get_verified, list_failures, load_shard, read_progress, shard_records
 from sharding.storage import CrashingStorage, Storage
 
 _KIND_NAME = re.compile(r"^[a-z][a-z_]*$")
@@ -232,6 +232,8 @@ class IndexWriter:
         committed = read_progress(storage)
         if committed is not None:
             check_resume(committed, config, storage.describe())
+        if committed is not None:
+            verify_committed(storage, committed, list(config.dims))
         progress = committed or _empty_progress(config, run_id)
         if crash_after_writes is not None:
             storage = CrashingStorage(storage, crash_after_writes, crash_when)
@@ -267,8 +269,7 @@ class IndexWriter:
         candidate = self._snapshot(self.progress.commit_seq + 1)
         if self.progress.commit_seq > 0 and _same_state(candidate, self.progress):
             return self.progress
-        if self._before_commit is not None:
-            self._before_commit()
+        self._guard()
         self._inflight = candidate
         self.storage.put(names.PROGRESS, candidate.to_bytes())
         self._inflight, self.progress = None, candidate
@@ -315,25 +316,53 @@ class IndexWriter:
                 self._failures.total += 1
 
     def _append(self, state: _KindState, batch: EmbeddedBatch, until: ProductId) -> None:
-        rows = [i for i, pid in enumerate(batch.ids) if _after(pid, state.cursor)]
-        vectors = np.asarray(batch.vectors[state.kind][rows], dtype=np.float32)
-        brands = [batch.brands[i] or UNKNOWN_BRAND for i in rows]
-        state.append([batch.ids[i] for i in rows], vectors, brands)
+        ids, vectors, brands = batch.ids, batch.vectors[state.kind], batch.brands
+        if batch.ids and not _after(min(batch.ids), state.cursor):  # type: ignore[type-var]
+            rows = [i for i, pid in enumerate(batch.ids) if _after(pid, state.cursor)]
+            ids, vectors, brands = [ids[i] for i in rows], vectors[rows], [brands[i] for i in rows]
+        # The common case (a fresh batch) takes no per-row Python work and no copy here.
+        state.append(
+            ids, np.asarray(vectors, dtype=np.float32), [b or UNKNOWN_BRAND for b in brands]
+        )
         if _after(until, state.cursor):
             state.cursor = until
 
-    def _flush_sealed(self) -> None:
+    def _guard(self) -> None:
+        """The lease check (before_commit) before any write a newer lease holder may own.
+
+        Open and sealed shard names are shared with whoever resumes after us: a writer whose lease
+        expired must not overwrite them, not only not commit (its bytes would break that run's
+        committed sha256s).
+        """
+        if self._before_commit is not None:
+            self._before_commit()
+
+    def _flush_sealed(self, *, guarded: bool = False) -> None:
+        if not guarded and any(state.uploads for state in self._kinds.values()):
+            self._guard()
         for state in self._kinds.values():
             for name in list(state.uploads):
                 self.storage.put(name, state.uploads[name])
                 del state.uploads[name]
 
     def _write_changed_objects(self) -> None:
-        self._flush_sealed()
+        if self._has_changes():
+            self._guard()
+        self._flush_sealed(guarded=True)
         for state in self._kinds.values():
             self._write_open_shard(state)
             self._roll_segments(state)
         self._roll_failures()
+
+    def _has_changes(self) -> bool:
+        size = self._rollup
+        return (
+            any(
+                state.uploads or state.open_dirty or len(state.sealed) >= size.segment_shards
+                for state in self._kinds.values()
+            )
+            or len(self._failures.recent) >= size.failure_chunk
+        )
 
     def _write_open_shard(self, state: _KindState) -> None:
         if not state.open_dirty:
@@ -412,6 +441,39 @@ def check_resume(progress: Progress, config: BuildConfig, where: str) -> None:
             + "; ".join(diffs)
             + ". Use a new store, or run with the settings it was built with."
         )
+
+
+def verify_committed(
+    storage: Storage, progress: Progress, kinds: Sequence[str], workers: int = 8
+) -> None:
+    """Refuse to build on damage: every committed sealed object of these kinds, and every failure
+    chunk, must exist and hash to its commit (open shards are checked when restored).
+
+    This reads the sealed shards once per run (not per checkpoint): the price of never extending
+    a store whose committed part is corrupted.
+    """
+    try:
+        records = [
+            r for k in kinds if k in progress.kinds for r in shard_records(storage, progress, k)
+        ]
+        listed = set(storage.list())
+        missing = [n for r in records for n in (r.name, r.id_map) if n not in listed]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise StateError(f"{missing[0]} is named by {names.PROGRESS} but missing{more}")
+
+        def verify(record: ShardRecord) -> None:
+            get_verified(storage, record.name, record.sha256)
+            get_verified(storage, record.id_map, record.id_map_sha256)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(verify, [r for r in records if r.sealed]))
+        list_failures(storage, progress)
+    except StateError as exc:
+        raise StateError(
+            f"refusing to resume {storage.describe()}: {exc}; nothing was written "
+            "(`faiss-builder check` reports every problem)"
+        ) from exc
 
 
 def uncommitted_objects(
