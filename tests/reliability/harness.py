@@ -91,6 +91,16 @@ class Build:
             raise
         return Result(self.proc.returncode, out, err, time.monotonic() - self.started)
 
+    def wait_or_kill(self, timeout: float) -> Result:
+        """Wait up to `timeout`, then SIGKILL; the output so far either way (code -9 if killed)."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            out, err = self.proc.communicate()
+        return Result(self.proc.returncode, out, err, time.monotonic() - self.started)
+
 
 def run_cli(args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float = 180) -> Result:
     return Build(args, env, cwd).wait(timeout)
