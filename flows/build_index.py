@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from faiss_builder.catalog.base import Product
 from faiss_builder.settings import Backend, EmbedderName, Kind, load_settings
@@ -26,6 +27,7 @@ from tasks.build import (
 )
 
 InFlight = deque[tuple[list[Product], PrefectFuture[Any]]]
+T = TypeVar("T")
 
 
 @flow(name="build-index", task_runner=ThreadPoolTaskRunner(max_workers=16))  # type: ignore[arg-type]
@@ -91,7 +93,9 @@ def _run_batches(session: BuildSession, batch_size: int, max_in_flight: int) -> 
         if not products:
             break
         after = products[-1].id
-        future = embed_batch.submit(session.backend, products, session.kinds, session.limits)
+        future = embed_batch.submit(
+            _unvisited(session.backend), _unvisited(products), session.kinds, session.limits
+        )
         in_flight.append((products, future))
         if len(in_flight) >= max_in_flight:
             _write_oldest(session, in_flight, artifact, total)
@@ -104,9 +108,15 @@ def _write_oldest(
 ) -> None:
     products, future = in_flight.popleft()
     output = future.result()
-    append_batch(session, products, output)
-    commit_batch(session, products, output)
+    append_batch(_unvisited(session), _unvisited(products), _unvisited(output))
+    commit_batch(_unvisited(session), _unvisited(products), _unvisited(output))
     report_progress(artifact, session.stats.products, total)
+
+
+def _unvisited(value: T) -> T:
+    """A task argument Prefect passes as is: unquoted, it walks every product and vector looking
+    for futures (about 0.25 s per 4,096-product batch, measured by bench/flow_ceiling)."""
+    return cast(T, quote(value))
 
 
 def _queued(in_flight: InFlight) -> int:
