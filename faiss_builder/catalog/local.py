@@ -6,6 +6,7 @@ import bisect
 import csv
 import json
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -92,7 +93,9 @@ def _to_product(path: Path, number: int, row: dict[str, object]) -> Product:
         raise CatalogError(f"catalog file {path} line {number}: missing image_url")
     brand = row.get("brand")
     product_id: ProductId = raw_id if isinstance(raw_id, int) else _parse_id(str(raw_id))
-    return Product(id=product_id, image_url=url.strip(), brand=str(brand) if brand else None)
+    # Brands repeat across many products: one shared string each (catalog memory per product).
+    brand_name = sys.intern(str(brand)) if brand else None
+    return Product(id=product_id, image_url=url.strip(), brand=brand_name)
 
 
 def _parse_id(text: str) -> ProductId:

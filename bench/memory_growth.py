@@ -1,0 +1,70 @@
+"""Memory growth: peak RSS of the build-index flow (zero-cost embedder) at 20k vs 200k vectors.
+
+    python -m bench.memory_growth [--quick]
+
+Each size runs `bench.flow_ceiling --no-raw` in a fresh subprocess and reads its peak RSS (VmHWM),
+which includes the fixed cost of Python, Prefect, faiss and numpy. Two shapes are measured: all
+three kinds (the default build; vectors = 3 x products) and the color kind alone (vectors =
+products), since the local catalog file is held in memory per product, not per vector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from bench._common import emit
+
+GOAL = 1.2
+
+
+def child_report(products: int, kinds: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.flow_ceiling", "--no-raw"]
+    command += ["--products", str(products), "--kinds", kinds]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return dict(json.loads(done.stdout.splitlines()[0]))
+
+
+def measure_shape(small_vectors: int, large_vectors: int, kinds: str) -> dict[str, Any]:
+    per_product = len(kinds.split(","))
+    small = child_report(small_vectors // per_product, kinds)
+    large = child_report(large_vectors // per_product, kinds)
+    return {
+        "kinds": kinds.split(","),
+        "small": {k: small[k] for k in ("products", "vectors_written", "peak_rss_mb", "flow_s")},
+        "large": {k: large[k] for k in ("products", "vectors_written", "peak_rss_mb", "flow_s")},
+        "ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2k vs 20k vectors, one shape")
+    args = parser.parse_args(argv)
+    small, large = (2_000, 20_000) if args.quick else (20_000, 200_000)
+    shapes = ["color,structure,combined"] if args.quick else ["color,structure,combined", "color"]
+    results = [measure_shape(small, large, kinds) for kinds in shapes]
+    worst = max(r["ratio"] for r in results)
+    report = {
+        "bench": "memory_growth",
+        "backend": "ZeroCostBackend (patched into tasks.build.open_backend by bench/)",
+        "vectors": [small, large],
+        "shapes": results,
+        "ratio": worst,
+        "goal": GOAL,
+        "meets_goal": worst <= GOAL,
+    }
+    parts = [
+        f"{'+'.join(r['kinds'])}: {r['small']['peak_rss_mb']:.0f} -> {r['large']['peak_rss_mb']:.0f} MB "
+        f"({r['ratio']:.2f}x)"
+        for r in results
+    ]
+    emit(report, f"peak RSS {small:,} vs {large:,} vectors: " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
