@@ -156,9 +156,14 @@ def run_alignment_check(
     from faiss_builder.connect import open_storage
     from sharding.checks import check_store
 
+    from sharding.errors import StateError
+
     storage = open_storage(settings)
-    kinds = kinds or store_kinds(storage)
-    report = check_store(storage, kinds)
+    try:
+        kinds = kinds or store_kinds(storage)
+    except StateError:
+        kinds = []  # an unreadable progress.json: check_store reports it as a problem
+    report = check_store(storage, kinds or None)
     sample_report = None
     if report.ok and sample > 0:
         sample_report = check_sample(settings, storage, kinds, sample, threshold, seed)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from modal_workers.types import EmbedOutput, FetchLimits
     from sharding.lease import LeaseKeeper, StoreLease
     from sharding.storage import Storage
-    from sharding.writer import EmbeddedBatch, IndexWriter
+    from sharding.writer import BuildConfig, EmbeddedBatch, IndexWriter
 
 # Tasks pass live objects (writer, clients) between each other in one process: no caching,
 # no result persistence.
@@ -74,40 +74,18 @@ class BuildSession:
 @task(name="start-build", **_TASK_OPTIONS)
 def start_build(settings: Settings, run_id: str) -> BuildSession:
     """Connect everything and take the store lease; refuse bad configuration before any write."""
-    from sharding.lease import LeaseKeeper, StoreLease
     from sharding.state import read_progress
-    from sharding.writer import BuildConfig, IndexWriter, check_resume
+    from sharding.writer import check_resume
 
     storage, catalog = open_storage(settings), open_catalog(settings)
     embed = settings.embed
     backend = open_backend(settings, embed.embedder, embed.model)
-    described = backend.describe()
-    config = BuildConfig(
-        embedder=described["embedder"],
-        model=described["model"],
-        dims={kind: described["dims"][kind] for kind in embed.kinds},
-        shard_max_vectors=settings.store.shard_max_vectors,
-        shard_max_bytes=settings.store.shard_max_bytes,
-    )
+    config = build_config(settings, backend.describe())
     committed = read_progress(storage)
     if committed is not None:  # refuse a mismatching resume before the lease, our first write
         check_resume(committed, config, storage.describe())
-    lease = StoreLease.acquire(
-        storage, run_id, ttl_s=settings.store.lease_ttl_s, wait_s=settings.store.lease_wait_s
-    )
-    try:
-        writer = IndexWriter.open(
-            storage,
-            config,
-            run_id=run_id,
-            crash_after_writes=settings.store.crash_after_writes,
-            before_commit=lease.renew,
-        )
-    except BaseException:
-        lease.release()
-        raise
+    lease, keeper, writer = open_writer(storage, config, settings, run_id)
     return BuildSession(
-        keeper=LeaseKeeper(lease).start(),
         run_id=run_id,
         kinds=list(embed.kinds),
         storage=storage,
@@ -116,9 +94,49 @@ def start_build(settings: Settings, run_id: str) -> BuildSession:
         limits=fetch_limits(settings, catalog.local_root),
         writer=writer,
         lease=lease,
+        keeper=keeper,
         max_images=embed.max_images,
         totals_at_start={kind: writer.progress.total_vectors(kind) for kind in embed.kinds},
     )
+
+
+def build_config(settings: Settings, described: dict[str, Any]) -> BuildConfig:
+    """What the store must agree with: the backend's embedder, model and dims, the shard limits."""
+    from sharding.writer import BuildConfig
+
+    return BuildConfig(
+        embedder=described["embedder"],
+        model=described["model"],
+        dims={kind: described["dims"][kind] for kind in settings.embed.kinds},
+        shard_max_vectors=settings.store.shard_max_vectors,
+        shard_max_bytes=settings.store.shard_max_bytes,
+    )
+
+
+def open_writer(
+    storage: Storage, config: BuildConfig, settings: Settings, run_id: str
+) -> tuple[StoreLease, LeaseKeeper, IndexWriter]:
+    """Take the lease, keep it renewed from now on, then open (and verify) the store under it."""
+    from sharding.lease import LeaseKeeper, StoreLease
+    from sharding.writer import IndexWriter
+
+    store = settings.store
+    lease = StoreLease.acquire(storage, run_id, ttl_s=store.lease_ttl_s, wait_s=store.lease_wait_s)
+    keeper = LeaseKeeper(lease).start()
+    try:
+        writer = IndexWriter.open(
+            storage,
+            config,
+            run_id=run_id,
+            crash_after_writes=store.crash_after_writes,
+            # The keeper renews in the background; before each write we only confirm ownership.
+            before_commit=lease.verify,
+        )
+    except BaseException:
+        keeper.stop()
+        lease.release()
+        raise
+    return lease, keeper, writer
 
 
 @task(
