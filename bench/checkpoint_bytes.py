@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import statistics
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -14,6 +17,7 @@ from sharding.storage import CountingStorage
 DIM = 512
 BATCH = 256
 FILL_BATCH = 1000
+CHECKPOINTS = 7
 
 
 class DedupMemoryStore(MemoryStore):
@@ -51,31 +55,55 @@ def filled_store(committed: int, config: BuildConfig) -> MemoryStore:
     return store
 
 
-def measure(committed: int) -> dict[str, float | int]:
+def measure(committed: int, checkpoints: int = CHECKPOINTS) -> dict[str, float | int]:
+    """Bytes and seconds of one checkpoint (add a batch + commit), median over `checkpoints`."""
     config = BuildConfig("bench", "synthetic-unit-vectors", {"color": DIM})
     counting = CountingStorage(filled_store(committed, config))
     writer = IndexWriter.open(counting, config, run_id="measure")
-    started = time.perf_counter()
-    writer.add_batch(batch(committed + 1, unit_vectors(BATCH, seed=1)))
-    writer.commit()
-    seconds = time.perf_counter() - started
-    progress_bytes = next(size for name, size in counting.written if name == "progress.json")
+    seconds, written = [], []
+    for i in range(checkpoints):
+        before = counting.bytes_written
+        vectors = unit_vectors(BATCH, seed=1 + i)
+        started = time.perf_counter()
+        writer.add_batch(batch(committed + 1 + i * BATCH, vectors))
+        writer.commit()
+        seconds.append(time.perf_counter() - started)
+        written.append(counting.bytes_written - before)
+    progress_bytes = [size for name, size in counting.written if name == "progress.json"][-1]
     return {
         "committed_vectors": committed,
-        "bytes_written": counting.bytes_written,
-        "writes": counting.writes,
+        "bytes_written": int(statistics.median(written)),
+        "writes": counting.writes // checkpoints,
         "progress_json_bytes": progress_bytes,
-        "seconds": round(seconds, 4),
+        "seconds": round(statistics.median(seconds), 5),
     }
 
 
-def main() -> None:
-    small, large = measure(10_000), measure(1_000_000)
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10k vs 100k committed")
+    args = parser.parse_args(argv)
+    large_n = 100_000 if args.quick else 1_000_000
+    small, large = measure(10_000), measure(large_n)
     ratio = large["bytes_written"] / small["bytes_written"]
-    print(json.dumps({"dim": DIM, "batch": BATCH, "at_10k": small, "at_1m": large, "ratio": ratio}))
+    seconds_ratio = large["seconds"] / small["seconds"]
+    report = {
+        "bench": "checkpoint_bytes",
+        "dim": DIM,
+        "batch": BATCH,
+        "checkpoints_each": CHECKPOINTS,
+        "at_10k": small,
+        "at_large": large,
+        "ratio": ratio,
+        "seconds_ratio": round(seconds_ratio, 3),
+        "goal": 1.1,
+    }
+    print(json.dumps(report))
     print(
-        f"one checkpoint of {BATCH} x {DIM}-d: {small['bytes_written']:,} B at 10k committed, "
-        f"{large['bytes_written']:,} B at 1M committed (ratio {ratio:.3f})"
+        f"one checkpoint of {BATCH} x {DIM}-d: {small['bytes_written']:,} B / "
+        f"{1000 * small['seconds']:.1f} ms at 10k committed, {large['bytes_written']:,} B / "
+        f"{1000 * large['seconds']:.1f} ms at {large_n:,} committed "
+        f"(bytes ratio {ratio:.3f}, seconds ratio {seconds_ratio:.2f}; medians of {CHECKPOINTS})"
     )
 
 

@@ -1,0 +1,157 @@
+"""`make bench`: every benchmark in its own subprocess, its JSON line and summary, then one table.
+
+    python -m bench [--quick] [--only NAME[,NAME...]]
+
+All figures are ratios measured side by side within one run (these machines are noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+Row = tuple[str, str, str, bool | None]
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    full: list[str]
+    quick: list[str] | None  # None: not part of the quick run
+    rows: Callable[[dict[str, Any]], list[Row]]
+
+
+def _flow_rows(r: dict[str, Any]) -> list[Row]:
+    measured = (
+        f"{r['flow_vectors_per_s']:,} vectors/s ({r['products']:,} products x {len(r['kinds'])} "
+        f"kinds); raw faiss write {r['raw_vectors_per_s']:,}/s; "
+        f"{r['flow_overhead_ms_per_batch']} ms/batch overhead"
+    )
+    return [
+        (
+            "1 orchestration ceiling",
+            measured,
+            ">= 20,000 vectors/s",
+            r["flow_vectors_per_s"] >= 20_000,
+        )
+    ]
+
+
+def _embed_rows(r: dict[str, Any]) -> list[Row]:
+    measured = (
+        f"{r['ratio_per_forward_b_over_a']:.2f} per forward, {r['ratio_per_image_b_over_a']:.2f} per "
+        f"image ({r['b_pipeline_images_per_s']} img/s vs raw {r['a_raw_forward_images_per_s']} img/s, "
+        f"{r['precision']})"
+    )
+    ok = r["ratio_per_forward_b_over_a"] >= 0.90
+    return [(f"2 end-to-end / raw forward ({r['precision']})", measured, ">= 0.90", ok)]
+
+
+def _checkpoint_rows(r: dict[str, Any]) -> list[Row]:
+    large = r["at_large"]["committed_vectors"]
+    measured = f"bytes {r['ratio']:.3f}x, seconds {r['seconds_ratio']:.2f}x (10k vs {large:,})"
+    return [
+        (
+            "3 checkpoint cost growth",
+            measured,
+            "<= 1.1x",
+            max(r["ratio"], r["seconds_ratio"]) <= 1.1,
+        )
+    ]
+
+
+def _memory_rows(r: dict[str, Any]) -> list[Row]:
+    small, large = r["vectors"]
+    rows: list[Row] = []
+    for shape in r["shapes"]:
+        measured = (
+            f"{shape['ratio']:.2f}x ({shape['small']['peak_rss_mb']:.0f} -> "
+            f"{shape['large']['peak_rss_mb']:.0f} MB)"
+        )
+        label = f"4 peak RSS {small:,} vs {large:,} vectors, {'+'.join(shape['kinds'])}"
+        rows.append((label, measured, "<= 1.2x", shape["ratio"] <= 1.2))
+    return rows
+
+
+def _load_rows(r: dict[str, Any]) -> list[Row]:
+    shape = f"{r['vectors']:,} x {r['dim']}-d, {r['shards']:,} shards"
+    load = f"{r['load_ratio']:.2f}x ({r['load_s']:.2f} s vs {r['raw_read_s']:.2f} s raw; {shape})"
+    search = f"{r['search_ratio']:.2f}x ({r['search_sharded_ms']} vs {r['search_merged_ms']} ms)"
+    return [
+        ("5 index load / raw read", load, "<= 1.5x", r["load_ratio"] <= 1.5),
+        ("5 search sharded / one flat index", search, "<= 1.1x", r["search_ratio"] <= 1.1),
+    ]
+
+
+def _gpu_rows(r: dict[str, Any]) -> list[Row]:
+    if r["gpu"] is None:
+        return [("6 GPU embed rate", f"skipped: {r['reason']}", "reported", None)]
+    measured = (
+        f"{r['gpu']}: {r['pipeline_images_per_s_3_kinds']} img/s with decode, "
+        f"{r['forward_images_per_s']} img/s forward"
+    )
+    return [("6 GPU embed rate", measured, "reported", None)]
+
+
+BENCHES = [
+    Bench("flow_ceiling", [], ["--products", "5000"], _flow_rows),
+    Bench("memory_growth", [], ["--quick"], _memory_rows),
+    Bench("embed_throughput", [], ["--quick"], _embed_rows),
+    Bench("embed_throughput", ["--precision", "bf16"], None, _embed_rows),
+    Bench("checkpoint_bytes", [], ["--quick"], _checkpoint_rows),
+    Bench("index_load", [], ["--vectors", "20000", "--dim", "128"], _load_rows),
+    Bench("gpu_embed", [], ["--quick"], _gpu_rows),
+]
+
+
+def run(bench: Bench, quick: bool) -> dict[str, Any]:
+    """Run one bench module, pass its output through, return its JSON object."""
+    args = (bench.quick or []) if quick else bench.full
+    command = [sys.executable, "-m", f"bench.{bench.name}", *args]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0 or not lines:
+        sys.stderr.write(done.stderr[-3000:])
+        raise SystemExit(f"bench.{bench.name} failed (exit {done.returncode})")
+    for line in lines:
+        print(line, flush=True)
+    return dict(json.loads(next(line for line in lines if line.startswith("{"))))
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| goal | measured | target | met |", "|---|---|---|---|"]
+    marks = {True: "yes", False: "**no**", None: "-"}
+    lines += [
+        f"| {goal} | {measured} | {target} | {marks[ok]} |" for goal, measured, target, ok in rows
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--only", default="", help="comma-separated bench names")
+    args = parser.parse_args(argv)
+    wanted = {name for name in args.only.split(",") if name}
+    unknown = wanted - {b.name for b in BENCHES}
+    if unknown:
+        raise SystemExit(f"unknown bench(es): {', '.join(sorted(unknown))}")
+    started, rows = time.perf_counter(), []
+    for bench in BENCHES:
+        if (not wanted or bench.name in wanted) and not (args.quick and bench.quick is None):
+            rows += bench.rows(run(bench, args.quick))
+    print()
+    print(table(rows))
+    print(f"\nmake bench{' (quick)' if args.quick else ''}: {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
