@@ -75,9 +75,9 @@ def check_supabase(target: SupabaseTarget, timeout_s: float) -> list[CheckResult
     names = ["catalog table", *(f"bucket {bucket}" for bucket in dict.fromkeys(target.buckets))]
     if not results[0].ok:
         return results + [CheckResult(n, False, "not checked: Supabase unreachable") for n in names]
-    from faiss_builder.catalog.supabase import create_catalog_client
+    from sharding.supabase_store import create_supabase_client
 
-    client = create_catalog_client(target.url, target.key, timeout_s, retry_reads=False)
+    client = create_supabase_client(target.url, target.key, timeout_s, retry_reads=False)
     checks = [lambda: _table_detail(client, target)]
     checks += [_bucket_check(client, bucket) for bucket in dict.fromkeys(target.buckets)]
     return results + [_guarded(name, key, check) for name, check in zip(names, checks, strict=True)]

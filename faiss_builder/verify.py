@@ -155,7 +155,6 @@ def run_alignment_check(
     """The whole check as the CLI runs it: {ok, kinds, store, sample, text}."""
     from faiss_builder.connect import open_storage
     from sharding.checks import check_store
-
     from sharding.errors import StateError
 
     storage = open_storage(settings)

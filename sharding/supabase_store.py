@@ -45,9 +45,20 @@ class RetryPolicy:
         return self.rng.uniform(0.0, min(self.cap_s, self.base_s * 2**attempt))
 
 
-def create_supabase_client(url: str, key: SecretStr, timeout_s: float) -> Client:
-    """The official client, with every request bounded by timeout_s through its httpx client."""
-    options = ClientOptions(httpx_client=httpx.Client(timeout=timeout_s))
+def create_supabase_client(
+    url: str, key: SecretStr, timeout_s: float, *, retry_reads: bool = True
+) -> Client:
+    """The official client for server-side use: every request bounded by timeout_s, no session.
+
+    `retry_reads` keeps postgrest-py's own retries of failed table GETs (3, backing off 1-4 s);
+    turn it off where an outer layer already retries. Storage calls are retried by SupabaseStore.
+    """
+    options = ClientOptions(
+        auto_refresh_token=False,
+        persist_session=False,
+        httpx_client=httpx.Client(timeout=timeout_s, follow_redirects=True),
+        postgrest_client_retry=retry_reads,
+    )
     return create_client(url, key.get_secret_value(), options=options)
 
 

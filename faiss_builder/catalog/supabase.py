@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
 from postgrest.exceptions import APIError
-from pydantic import SecretStr
 
 from faiss_builder.catalog.base import Product, ProductId
 from faiss_builder.catalog.local import CatalogError
@@ -45,25 +44,6 @@ class CatalogUnavailable(SupabaseCatalogError):
     """Supabase did not answer (network, timeout, 5xx): worth retrying."""
 
     transient = True
-
-
-def create_catalog_client(
-    url: str, key: SecretStr, timeout_s: float, *, retry_reads: bool = True
-) -> Client:
-    """A supabase client for server-side reads: no session persistence, bounded timeouts.
-
-    `retry_reads` keeps postgrest-py's own retries of failed GETs (3, backing off 1-4 s); turn
-    it off where an outer layer (a Prefect task) already retries.
-    """
-    from supabase import ClientOptions, create_client
-
-    options = ClientOptions(
-        auto_refresh_token=False,
-        persist_session=False,
-        httpx_client=httpx.Client(timeout=timeout_s, follow_redirects=True),
-        postgrest_client_retry=retry_reads,
-    )
-    return create_client(url, key.get_secret_value(), options=options)
 
 
 class SupabaseCatalog:

@@ -12,8 +12,8 @@ from faiss_builder.catalog.supabase import (
     CatalogUnavailable,
     SupabaseCatalog,
     SupabaseCatalogError,
-    create_catalog_client,
 )
+from sharding.supabase_store import create_supabase_client
 from tests.support.postgrest_stack import SupabaseStack, make_jwt
 
 UUID_EDGES = [
@@ -199,7 +199,7 @@ def test_unreachable_supabase_is_transient(supabase_stack: SupabaseStack) -> Non
     from tests.support.postgrest_stack import free_port
 
     url, key = f"http://127.0.0.1:{free_port()}", SecretStr(supabase_stack.service_key)
-    client = create_catalog_client(url, key, 2.0, retry_reads=False)
+    client = create_supabase_client(url, key, 2.0, retry_reads=False)
     with pytest.raises(CatalogUnavailable, match="cannot reach Supabase") as caught:
         SupabaseCatalog(client).page(None, 10)
     assert caught.value.transient
@@ -211,7 +211,7 @@ def test_catalog_client_reads_with_the_service_key(
 ) -> None:
     from pydantic import SecretStr
 
-    client = create_catalog_client(supabase_stack.url, SecretStr(supabase_stack.service_key), 5.0)
+    client = create_supabase_client(supabase_stack.url, SecretStr(supabase_stack.service_key), 5.0)
     assert [p.id for p in SupabaseCatalog(client).page(None, 3)] == [1, 2, 3]
 
 
