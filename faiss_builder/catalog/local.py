@@ -7,8 +7,11 @@ import csv
 import json
 import re
 import sys
+from array import array
 from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 from faiss_builder.catalog.base import Product, ProductId
 
@@ -21,71 +24,142 @@ class CatalogError(ValueError):
 
 
 class LocalCatalog:
-    """Products from a CSV or JSONL file; relative image paths resolve against the file's folder."""
+    """Products from a CSV or JSONL file; relative image paths resolve against the file's folder.
+
+    The file is validated once; memory then holds only the sorted ids and each row's byte offset
+    (pages are read back from the file), so a catalog of millions of rows stays small.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.local_root: str | None = str(self.path.resolve().parent)
-        self._products = _load(self.path)
-        self._ids = [product.id for product in self._products]
+        self._format = _RowFormat.detect(self.path)
+        self._ids, self._offsets = _index(self.path, self._format)
 
     def describe(self) -> str:
-        return f"catalog file {self.path} ({len(self._products)} products)"
+        return f"catalog file {self.path} ({len(self._ids)} products)"
 
     def page(self, after: ProductId | None, limit: int) -> list[Product]:
         start = self._index_after(after)
-        return self._products[start : start + limit]
+        return self._read(self._offsets[start : start + limit])
 
     def get(self, ids: Sequence[ProductId]) -> list[Product]:
-        wanted = set(ids)
-        return [product for product in self._products if product.id in wanted]
+        found = {self._position(product_id) for product_id in ids}
+        return self._read([self._offsets[i] for i in sorted(i for i in found if i is not None)])
 
     def count_after(self, after: ProductId | None) -> int:
         """How many products come after `after` (for progress bars)."""
-        return len(self._products) - self._index_after(after)
+        return len(self._ids) - self._index_after(after)
 
     def _index_after(self, after: ProductId | None) -> int:
         if after is None:
             return 0
-        return bisect.bisect_right(self._ids, _same_type(after, self._ids))
+        return bisect.bisect_right(self._ids, _same_type(after, self._ids))  # type: ignore[arg-type]
+
+    def _position(self, product_id: ProductId) -> int | None:
+        key = _same_type(product_id, self._ids)
+        i = bisect.bisect_left(self._ids, key)  # type: ignore[arg-type]
+        return i if i < len(self._ids) and self._ids[i] == key else None
+
+    def _read(self, offsets: Sequence[int]) -> list[Product]:
+        with self.path.open("rb") as handle:
+            return [self._format.product(self.path, _line_at(handle, offset)) for offset in offsets]
 
 
-def _load(path: Path) -> list[Product]:
-    if not path.is_file():
-        raise CatalogError(f"catalog file {path} does not exist")
-    rows = _read_jsonl(path) if path.suffix.lower() in {".jsonl", ".ndjson"} else _read_csv(path)
-    products = [_to_product(path, number, row) for number, row in rows]
-    _check_ids(path, products)
-    return sorted(products, key=lambda product: product.id)  # type: ignore[arg-type, return-value]
+class _RowFormat:
+    """How one line of the file becomes a row: CSV with its header, or a JSON object."""
 
+    def __init__(self, header: list[str] | None) -> None:
+        self.header = header
 
-def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
+    @classmethod
+    def detect(cls, path: Path) -> _RowFormat:
+        if not path.is_file():
+            raise CatalogError(f"catalog file {path} does not exist")
+        if path.suffix.lower() in {".jsonl", ".ndjson"}:
+            return cls(None)
+        with path.open(encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle), [])
+        missing = [column for column in REQUIRED_COLUMNS if column not in header]
         if missing:
             raise CatalogError(f"catalog file {path} lacks column(s) {', '.join(missing)}")
-        for number, row in enumerate(reader, start=2):
-            yield number, dict(row)
+        return cls(header)
+
+    def row(self, path: Path, number: int, line: str) -> dict[str, Any] | None:
+        """The line's fields, None for a blank line, CatalogError for a malformed one."""
+        if not line.strip():
+            return None
+        if self.header is None:
+            return _json_row(path, number, line)
+        try:
+            values = next(csv.reader([line], strict=True))
+        except csv.Error as exc:
+            raise CatalogError(
+                f"catalog file {path} line {number}: {exc} (records must be one line each)"
+            ) from exc
+        if len(values) != len(self.header):
+            raise CatalogError(
+                f"catalog file {path} line {number}: {len(values)} fields for "
+                f"{len(self.header)} columns (records must be one line each)"
+            )
+        return dict(zip(self.header, values, strict=True))
+
+    def product(self, path: Path, line: str) -> Product:
+        row = self.row(path, 0, line)
+        assert row is not None
+        return _to_product(path, 0, row)
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+def _index(path: Path, row_format: _RowFormat) -> tuple[list[ProductId], array[int]]:
+    """Validate every row; return the ids in ascending order and their rows' byte offsets."""
+    ids: list[ProductId] = []
+    offsets = array("Q")
+    for offset, product in _scan(path, row_format):
+        ids.append(product.id)
+        offsets.append(offset)
+    _check_ids(path, ids)
+    if all(a < b for a, b in pairwise(ids)):  # type: ignore[operator]
+        return ids, offsets  # the usual case: the file is already in id order
+    order = sorted(range(len(ids)), key=ids.__getitem__)  # type: ignore[arg-type, return-value]
+    return [ids[i] for i in order], array("Q", (offsets[i] for i in order))
+
+
+def _scan(path: Path, row_format: _RowFormat) -> Iterator[tuple[int, Product]]:
+    skip_header = row_format.header is not None
+    with path.open("rb") as handle:
+        offset = 0
+        for number, raw in enumerate(handle, start=1):
+            line_offset, offset = offset, offset + len(raw)
+            if skip_header and number == 1:
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CatalogError(
-                    f"catalog file {path} line {number}: invalid JSON ({exc})"
-                ) from exc
-            if not isinstance(row, dict):
-                raise CatalogError(f"catalog file {path} line {number}: expected a JSON object")
-            yield number, row
+            row = row_format.row(path, number, _decode(path, number, raw))
+            if row is not None:
+                yield line_offset, _to_product(path, number, row)
 
 
-def _to_product(path: Path, number: int, row: dict[str, object]) -> Product:
+def _line_at(handle: Any, offset: int) -> str:
+    handle.seek(offset)
+    return str(handle.readline().decode("utf-8"))
+
+
+def _decode(path: Path, number: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"catalog file {path} line {number}: not UTF-8 ({exc})") from exc
+
+
+def _json_row(path: Path, number: int, line: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CatalogError(f"catalog file {path} line {number}: invalid JSON ({exc})") from exc
+    if not isinstance(row, dict):
+        raise CatalogError(f"catalog file {path} line {number}: expected a JSON object")
+    return row
+
+
+def _to_product(path: Path, number: int, row: dict[str, Any]) -> Product:
     raw_id, url = row.get("id"), row.get("image_url")
     if raw_id is None or raw_id == "" or isinstance(raw_id, bool | float):
         raise CatalogError(f"catalog file {path} line {number}: missing or invalid id {raw_id!r}")
@@ -93,9 +167,10 @@ def _to_product(path: Path, number: int, row: dict[str, object]) -> Product:
         raise CatalogError(f"catalog file {path} line {number}: missing image_url")
     brand = row.get("brand")
     product_id: ProductId = raw_id if isinstance(raw_id, int) else _parse_id(str(raw_id))
-    # Brands repeat across many products: one shared string each (catalog memory per product).
-    brand_name = sys.intern(str(brand)) if brand else None
-    return Product(id=product_id, image_url=url.strip(), brand=brand_name)
+    # Brands repeat across many rows: share one string per brand.
+    return Product(
+        id=product_id, image_url=url.strip(), brand=sys.intern(str(brand)) if brand else None
+    )
 
 
 def _parse_id(text: str) -> ProductId:
@@ -103,14 +178,14 @@ def _parse_id(text: str) -> ProductId:
     return int(text) if _INT_ID.match(text) else text
 
 
-def _check_ids(path: Path, products: list[Product]) -> None:
-    if len({type(product.id) for product in products}) > 1:
+def _check_ids(path: Path, ids: list[ProductId]) -> None:
+    if len({type(product_id) for product_id in ids}) > 1:
         raise CatalogError(f"catalog file {path} mixes integer and string ids; use one type")
     seen: set[ProductId] = set()
-    for product in products:
-        if product.id in seen:
-            raise CatalogError(f"catalog file {path} has duplicate id {product.id!r}")
-        seen.add(product.id)
+    for product_id in ids:
+        if product_id in seen:
+            raise CatalogError(f"catalog file {path} has duplicate id {product_id!r}")
+        seen.add(product_id)
 
 
 def _same_type(after: ProductId, ids: list[ProductId]) -> ProductId:

@@ -61,3 +61,19 @@ def test_bad_catalog_files_name_the_problem(
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="does not exist"):
         LocalCatalog(tmp_path / "nope.csv")
+
+
+def test_unsorted_files_page_in_id_order_and_get_reads_rows_back(tmp_path: Path) -> None:
+    path = _csv(tmp_path, ['30,"c, quoted.jpg",Zed', "10,a.jpg,Acme", "20,b.jpg,"])
+    catalog = LocalCatalog(path)
+    assert [(p.id, p.image_url) for p in catalog.page(None, 5)] == [
+        (10, "a.jpg"),
+        (20, "b.jpg"),
+        (30, "c, quoted.jpg"),
+    ]
+    assert [p.brand for p in catalog.get([30, 10, 99])] == ["Acme", "Zed"]
+
+
+def test_a_record_spanning_lines_is_refused_by_line_number(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="line 3: .*records must be one line each"):
+        LocalCatalog(_csv(tmp_path, ["1,a.jpg,x", '2,b.jpg,"two', 'lines"']))
