@@ -19,6 +19,7 @@ from tasks.build import (
     BuildSession,
     append_batch,
     commit_batch,
+    count_pending,
     embed_batch,
     fetch_page,
     finish_build,
@@ -84,7 +85,7 @@ def build_index(
 def _run_batches(session: BuildSession, batch_size: int, max_in_flight: int) -> None:
     """Keep up to `max_in_flight` embedding batches running; write results strictly in batch order."""
     artifact = start_progress(session.storage.describe())
-    total = _pending_total(session)
+    total = count_pending(_unvisited(session))
     progress_events.publish("start", total=total)
     in_flight: InFlight = deque()
     after = session.writer.resume_after()
@@ -125,11 +126,3 @@ def _unvisited(value: T) -> T:
 def _queued(in_flight: InFlight) -> int:
     """Products fetched but not yet written count against max_images too."""
     return sum(len(products) for products, _ in in_flight)
-
-
-def _pending_total(session: BuildSession) -> int | None:
-    count_after = getattr(session.catalog, "count_after", None)
-    if count_after is None:
-        return session.max_images
-    pending = int(count_after(session.writer.resume_after()))
-    return min(pending, session.max_images) if session.max_images else pending

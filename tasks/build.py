@@ -154,6 +154,22 @@ def fetch_page(catalog: Catalog, after: ProductId | None, limit: int) -> list[Pr
 
 
 @task(
+    name="count-pending",
+    retries=3,
+    retry_delay_seconds=RETRY_DELAYS_S,
+    retry_condition_fn=retry_transient_only,
+    **_TASK_OPTIONS,
+)
+def count_pending(session: BuildSession) -> int | None:
+    """Products this run will process, for progress: pending in the catalog, capped by max_images."""
+    count_after = getattr(session.catalog, "count_after", None)
+    if count_after is None:
+        return session.max_images
+    pending = int(count_after(session.writer.resume_after()))
+    return min(pending, session.max_images) if session.max_images else pending
+
+
+@task(
     name="embed-batch",
     retries=2,
     retry_delay_seconds=RETRY_DELAYS_S,
