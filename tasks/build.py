@@ -19,7 +19,7 @@ from faiss_builder.connect import (
 )
 from faiss_builder.settings import Settings
 from tasks import progress_events
-from tasks.retry import RETRY_DELAYS_S, retry_transient_only
+from tasks.retry import TRANSIENT_RETRIES
 
 if TYPE_CHECKING:
     from modal_workers.types import EmbedOutput, FetchLimits
@@ -139,13 +139,7 @@ def open_writer(
     return lease, keeper, writer
 
 
-@task(
-    name="fetch-page",
-    retries=3,
-    retry_delay_seconds=RETRY_DELAYS_S,
-    retry_condition_fn=retry_transient_only,
-    **_TASK_OPTIONS,
-)
+@task(name="fetch-page", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
 def fetch_page(catalog: Catalog, after: ProductId | None, limit: int) -> list[Product]:
     """The next products in id order after `after`, with private-bucket paths signed for fetching."""
     products = catalog.page(after, limit)
@@ -153,13 +147,7 @@ def fetch_page(catalog: Catalog, after: ProductId | None, limit: int) -> list[Pr
     return sign(products) if sign is not None and products else products
 
 
-@task(
-    name="count-pending",
-    retries=3,
-    retry_delay_seconds=RETRY_DELAYS_S,
-    retry_condition_fn=retry_transient_only,
-    **_TASK_OPTIONS,
-)
+@task(name="count-pending", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
 def count_pending(session: BuildSession) -> int | None:
     """Products this run will process, for progress: pending in the catalog, capped by max_images."""
     count_after = getattr(session.catalog, "count_after", None)
@@ -169,13 +157,7 @@ def count_pending(session: BuildSession) -> int | None:
     return min(pending, session.max_images) if session.max_images else pending
 
 
-@task(
-    name="embed-batch",
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS_S,
-    retry_condition_fn=retry_transient_only,
-    **_TASK_OPTIONS,
-)
+@task(name="embed-batch", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
 def embed_batch(
     backend: EmbedBackend, products: list[Product], kinds: list[str], limits: FetchLimits
 ) -> EmbedOutput:
@@ -186,25 +168,13 @@ def embed_batch(
     return backend.embed(refs, kinds, limits)
 
 
-@task(
-    name="append-batch",
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS_S,
-    retry_condition_fn=retry_transient_only,
-    **_TASK_OPTIONS,
-)
+@task(name="append-batch", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
 def append_batch(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
     """Append the batch to each kind's open shard and upload shards it sealed (safe to retry)."""
     session.writer.add_batch(to_embedded_batch(products, output))
 
 
-@task(
-    name="commit-batch",
-    retries=2,
-    retry_delay_seconds=RETRY_DELAYS_S,
-    retry_condition_fn=retry_transient_only,
-    **_TASK_OPTIONS,
-)
+@task(name="commit-batch", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
 def commit_batch(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
     """Upload the open shards, renew the lease, write progress.json last, check the counts."""
     progress = session.writer.commit()

@@ -12,15 +12,9 @@ from faiss_builder.connect import open_storage
 from faiss_builder.settings import Settings
 from faiss_builder.verify import SampleReport, check_sample, render_check, store_kinds
 from sharding.checks import AlignmentReport
-from tasks.retry import RETRY_DELAYS_S, retry_transient_only
+from tasks.retry import TRANSIENT_RETRIES
 
-_OPTIONS: dict[str, Any] = {
-    "cache_policy": NONE,
-    "persist_result": False,
-    "retries": 2,
-    "retry_delay_seconds": RETRY_DELAYS_S,
-    "retry_condition_fn": retry_transient_only,
-}
+_OPTIONS: dict[str, Any] = {"cache_policy": NONE, "persist_result": False, **TRANSIENT_RETRIES}
 
 
 @task(name="check-store", **_OPTIONS)
