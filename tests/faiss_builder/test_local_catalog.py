@@ -75,5 +75,5 @@ def test_unsorted_files_page_in_id_order_and_get_reads_rows_back(tmp_path: Path)
 
 
 def test_a_record_spanning_lines_is_refused_by_line_number(tmp_path: Path) -> None:
-    with pytest.raises(CatalogError, match="line 3: .*records must be one line each"):
+    with pytest.raises(CatalogError, match=r"line 3: .*records must be one line each"):
         LocalCatalog(_csv(tmp_path, ["1,a.jpg,x", '2,b.jpg,"two', 'lines"']))
