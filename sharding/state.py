@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
+import numpy as np
 from pydantic import ValidationError
 
 from sharding import names
@@ -15,6 +16,7 @@ from sharding.codec import (
     decode_index,
     encode_ids,
     encode_index,
+    flat_ip_vectors,
     index_vectors,
     sha256_hex,
 )
@@ -79,9 +81,9 @@ def list_failures(storage: Storage, progress: Progress | None = None) -> list[Fa
 
 @dataclass
 class CommittedShard:
-    """A shard as committed: its flat index and ids; `trimmed` if an uncommitted tail was cut."""
+    """A shard as committed: its (n, dim) vectors and ids; `trimmed` if an uncommitted tail was cut."""
 
-    index: faiss.Index
+    vectors: np.ndarray
     ids: list[ProductId]
     trimmed: bool
 
@@ -94,16 +96,38 @@ def load_shard(
 ) -> CommittedShard:
     """Read a committed shard; an open shard overwritten by an uncommitted run is truncated back."""
     fetch = fetch or storage.get
-    index, trimmed_index = committed_index(_fetch(fetch, record.name), record, dim)
-    ids, trimmed_ids = committed_ids(_fetch(fetch, record.id_map), record)
-    return CommittedShard(index, ids, trimmed_index or trimmed_ids)
+    vectors, trimmed_vectors = committed_vectors(fetch_committed(fetch, record.name), record, dim)
+    ids, trimmed_ids = committed_ids(fetch_committed(fetch, record.id_map), record)
+    return CommittedShard(vectors, ids, trimmed_vectors or trimmed_ids)
 
 
-def _fetch(fetch: Fetch, name: str) -> bytes:
+def fetch_committed(fetch: Fetch, name: str) -> bytes:
+    """An object progress.json names; missing is a StateError (the store is damaged)."""
     try:
         return fetch(name)
     except ObjectNotFound as exc:
         raise StateError(f"{name} is named by {names.PROGRESS} but missing") from exc
+
+
+def committed_vectors(
+    data: bytes, record: ShardRecord, dim: int, *, exact: bool | None = None
+) -> tuple[np.ndarray, bool]:
+    """The committed (record.vectors, dim) float32 vectors of a shard file; `trimmed` as below.
+
+    `exact` says data is already known to hash to the committed sha256 (None: hash it here).
+    The committed file itself is read as a zero-copy view of `data`, not decoded by faiss: a
+    faiss decode costs a zero-filled allocation and a copy per shard for the same floats.
+    """
+    if exact is None:
+        exact = sha256_hex(data) == record.sha256
+    if exact:
+        view = flat_ip_vectors(data, dim, record.vectors)
+        if view is not None:
+            return view, False
+    index, trimmed = committed_index(data, record, dim)
+    if index.ntotal != record.vectors:
+        raise StateError(f"{record.name}: {index.ntotal} vectors, {record.vectors} committed")
+    return index_vectors(index), trimmed
 
 
 def committed_index(data: bytes, record: ShardRecord, dim: int) -> tuple[faiss.Index, bool]:
@@ -126,8 +150,12 @@ def committed_index(data: bytes, record: ShardRecord, dim: int) -> tuple[faiss.I
     return decode_index(kept), True
 
 
-def committed_ids(data: bytes, record: ShardRecord) -> tuple[list[ProductId], bool]:
-    exact = sha256_hex(data) == record.id_map_sha256
+def committed_ids(
+    data: bytes, record: ShardRecord, *, exact: bool | None = None
+) -> tuple[list[ProductId], bool]:
+    """The committed ids of an id-map file; `exact` as for committed_vectors."""
+    if exact is None:
+        exact = sha256_hex(data) == record.id_map_sha256
     if not exact and record.sealed:
         raise StateError(f"{record.id_map}: sha256 differs from the one committed (sealed shard)")
     try:

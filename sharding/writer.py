@@ -17,7 +17,6 @@ from sharding.codec import (
     decode_ids,
     encode_ids,
     encode_index,
-    index_vectors,
     sha256_hex,
     shard_capacity,
 )
@@ -521,7 +520,7 @@ def _restore_kind(
     trimmed = False
     if open_record is not None:
         committed = load_shard(storage, open_record, dim)
-        shard = _Shard(open_record.number, index_vectors(committed.index), committed.ids)
+        shard = _Shard(open_record.number, committed.vectors, committed.ids)
         trimmed = committed.trimmed
     return _KindState(
         kind=kind,
