@@ -4,16 +4,20 @@
 
 The store is written through the library's IndexWriter (so the format is the real one) into a
 LocalStore in a temp folder. Then, in the same process, `sharding.loader.load_index` (read, sha256
-check, decode, merge) is timed against reading the same files' bytes with plain `read_bytes()`,
-one after the other; both read from the page cache, just written. Search: 100 random queries,
-top-10, over the loaded index vs one IndexFlatIP built directly from the same vectors (same BLAS
-threshold for both); identical ids are asserted.
+check, gather into one array) is timed against reading the same files' bytes with plain
+`read_bytes()`, one after the other; both read from the page cache, just written. The load
+verifies every sha256, so it is also reported against reading + hashing the same bytes
+(`read_and_sha256_s`, one thread), and a load from a trusted local cache (`trust_cache=True`)
+against the raw read. Search: 100 random queries, top-10, over the loaded index vs one
+IndexFlatIP built directly from the same vectors (same BLAS threshold for both); identical ids
+are asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -77,6 +81,35 @@ def sha256_seconds(root: Path) -> float:
     return t[0]
 
 
+def load_seconds(root: Path, runs: int = 2) -> tuple[float, Any]:
+    """Best of `runs` verified loads, as the raw read is best of two.
+
+    The first load's 2 GB result array may land on memory this VM never touched before, which
+    costs 0.2-3 s here (measured) independently of the loader; a second run shows the loader.
+    """
+    best, loaded = float("inf"), None
+    for _ in range(runs):
+        loaded = None  # free the previous result first: its pages are then reused
+        with timer() as t:
+            loaded = load_index(LocalStore(root), "color")
+        best = min(best, t[0])
+    return best, loaded
+
+
+def trusted_cache_load_seconds(root: Path, cache: Path) -> float:
+    """A load from a local cache filled (and verified) by an earlier load, not re-hashed."""
+    try:
+        load_index(LocalStore(root), "color", cache_dir=cache)
+        best = float("inf")
+        for _ in range(2):
+            with timer() as t:
+                load_index(LocalStore(root), "color", cache_dir=cache, trust_cache=True)
+            best = min(best, t[0])
+        return best
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def search_seconds(search: Any, queries: np.ndarray, repeats: int = 3) -> float:
     """Best of `repeats` (the first call also warms the BLAS threads)."""
     best = float("inf")
@@ -93,10 +126,10 @@ def measure(vectors: int, dim: int) -> dict[str, Any]:
         with timer() as build_t:
             everything = build_store(root, vectors, dim)
         raw_s, raw_bytes = raw_read_seconds(root)
-        with timer() as load_t:
-            loaded = load_index(LocalStore(root), "color")
+        load_s, loaded = load_seconds(root)
         raw_again_s, _ = raw_read_seconds(root)  # bracket the load: page-cache noise shows up here
         hash_s = sha256_seconds(root)
+        cached_s = trusted_cache_load_seconds(root, root.with_name(root.name + "-cache"))
     reference = faiss.IndexFlatIP(dim)
     reference.add(everything)
     del everything
@@ -120,11 +153,14 @@ def measure(vectors: int, dim: int) -> dict[str, Any]:
         "shards": vectors // SHARD,
         "bytes": raw_bytes,
         "build_s": round(build_t[0], 2),
-        "load_s": round(load_t[0], 3),
+        "load_s": round(load_s, 3),
         "raw_read_s": round(raw_best, 3),
         "raw_read_runs_s": [round(raw_s, 3), round(raw_again_s, 3)],
-        "load_ratio": round(load_t[0] / raw_best, 3),
+        "load_ratio": round(load_s / raw_best, 3),
         "read_and_sha256_s": round(hash_s, 3),
+        "load_over_read_and_sha256": round(load_s / hash_s, 3),
+        "trusted_cache_load_s": round(cached_s, 3),
+        "trusted_cache_load_ratio": round(cached_s / raw_best, 3),
         "load_goal": LOAD_GOAL,
         "queries": QUERIES,
         "k": K,
@@ -133,7 +169,8 @@ def measure(vectors: int, dim: int) -> dict[str, Any]:
         "search_ratio": round(sharded_s / merged_s, 3),
         "search_goal": SEARCH_GOAL,
         "same_results": same,
-        "note": "both reads from the page cache (files just written, same process)",
+        "note": "both reads from the page cache (files just written, same process); the load "
+        "verifies sha256 of every object, which alone takes read_and_sha256_s on one core",
     }
 
 
@@ -146,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     emit(
         r,
         f"load {r['vectors']:,} x {r['dim']}-d in {r['shards']:,} shards: {r['load_s']:.2f} s vs raw "
-        f"read {r['raw_read_s']:.2f} s ({r['load_ratio']:.2f}x); search {QUERIES} queries top-{K}: "
+        f"read {r['raw_read_s']:.2f} s ({r['load_ratio']:.2f}x; {r['load_over_read_and_sha256']:.2f}x "
+        f"read + sha256 {r['read_and_sha256_s']:.2f} s; trusted cache "
+        f"{r['trusted_cache_load_ratio']:.2f}x); search {QUERIES} queries top-{K}: "
         f"{r['search_sharded_ms']:.1f} ms sharded vs {r['search_merged_ms']:.1f} ms one flat index "
         f"({r['search_ratio']:.2f}x), same results",
     )
