@@ -53,3 +53,30 @@ def test_tampered_shard_is_refused_naming_the_object(built: LocalStore) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(StateError, match=r"clip_color_shard_00002\.index"):
         load_index(built, "color")
+
+
+def test_a_changed_cache_file_is_caught_unless_the_cache_is_trusted(
+    built: LocalStore, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    clean = load_index(built, "color", cache_dir=cache)
+    cached = sorted(p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 100)
+    assert cached, "the first load fills the cache"
+    for path in cached:  # flip one byte inside every cached object's payload
+        data = bytearray(path.read_bytes())
+        data[-5] ^= 0x01
+        path.write_bytes(bytes(data))
+    trusted = load_index(built, "color", cache_dir=cache, trust_cache=True)
+    assert not np.array_equal(trusted.vectors, clean.vectors)  # documented: trusted means unhashed
+    verified = load_index(built, "color", cache_dir=cache)  # hashed: refetched from the store
+    np.testing.assert_array_equal(verified.vectors, clean.vectors)
+    assert verified.ids == clean.ids
+
+
+def test_loaded_vectors_equal_faiss_own_decoding_of_every_shard(built: LocalStore) -> None:
+    index = load_index(built, "color")
+    decoded = [
+        faiss.read_index(str(path)) for path in sorted(built.root.glob("clip_color_shard_*.index"))
+    ]
+    expected = np.vstack([d.reconstruct_n(0, d.ntotal) for d in decoded if d.ntotal])
+    np.testing.assert_array_equal(index.vectors, expected)
