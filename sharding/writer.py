@@ -26,6 +26,7 @@ from sharding.progress import (
     UNKNOWN_BRAND,
     FailureChunk,
     FailureChunkRef,
+    FailureLog,
     FailureRecord,
     KindProgress,
     ManifestSegment,
@@ -37,6 +38,7 @@ from sharding.state import get_verified, list_failures, load_shard, read_progres
 from sharding.storage import CrashingStorage, Storage
 
 _KIND_NAME = re.compile(r"^[a-z][a-z_]*$")
+_CHUNK_NUMBER = re.compile(r"(\d+)")
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,60 @@ class IndexWriter:
             self._append(state, batch, until)
         self._flush_sealed()
 
+    def retry_failed(self, batch: EmbeddedBatch) -> list[ProductId]:
+        """Index recorded failures that now embed, in the kinds they failed in; keep the rest.
+
+        `batch.ids` are products that embedded this time and `batch.failures` the ones that
+        failed again; all must be recorded failures. The failure log is rewritten into chunks
+        with new names (the committed ones stay until a commit no longer names them), so this
+        costs O(failures): it runs only when a user asks for it. Returns the ids indexed.
+        """
+        self._validate(batch)
+        recorded = {r.id: r for r in self.failures()}
+        strangers = [
+            pid for pid in [*batch.ids, *(f.id for f in batch.failures)] if pid not in recorded
+        ]
+        if strangers:
+            raise ValueError(f"retry_failed: {strangers[:5]!r} are not recorded failures")
+        fixed: dict[ProductId, set[str]] = {}
+        for state in self._kinds.values():
+            rows = [i for i, pid in enumerate(batch.ids) if state.kind in recorded[pid].kinds]
+            vectors = np.asarray(batch.vectors[state.kind][rows], dtype=np.float32)
+            brands = [batch.brands[i] or UNKNOWN_BRAND for i in rows]
+            state.append([batch.ids[i] for i in rows], vectors, brands)
+            for i in rows:
+                fixed.setdefault(batch.ids[i], set()).add(state.kind)
+        again = {f.id: f for f in batch.failures}
+        kept = self._still_failed(recorded, fixed, again)
+        self._failures = FailureLog(total=len(kept), recent=kept)
+        self._flush_sealed()
+        return sorted(fixed, key=batch.ids.index)
+
+    def failures(self) -> list[FailureRecord]:
+        """Every failure this writer knows: committed chunks (verified) and the recent ones."""
+        return list_failures(
+            self.storage, self.progress.model_copy(update={"failures": self._failures})
+        )
+
+    def _still_failed(
+        self,
+        recorded: Mapping[ProductId, FailureRecord],
+        fixed: Mapping[ProductId, set[str]],
+        again: Mapping[ProductId, FailedProduct],
+    ) -> list[FailureRecord]:
+        kept = []
+        for record in recorded.values():
+            kinds = [kind for kind in record.kinds if kind not in fixed.get(record.id, set())]
+            if not kinds:
+                continue
+            update: dict[str, object] = {"kinds": kinds}
+            if record.id in again:
+                failure = again[record.id]
+                message = failure.message[: self._rollup.message_chars]
+                update |= {"reason": failure.reason, "message": message, "run_id": self.run_id}
+            kept.append(record.model_copy(update=update))
+        return kept
+
     def commit(self) -> Progress:
         """Write what changed, check the lease, write progress.json last, assert the counts."""
         self._resolve_inflight()
@@ -386,13 +442,18 @@ class IndexWriter:
         size = self._rollup.failure_chunk
         while len(self._failures.recent) >= size:
             records = self._failures.recent[:size]
-            name = names.failure_chunk(len(self._failures.chunks) + 1)
+            name = names.failure_chunk(self._next_failure_chunk())
             data = FailureChunk(failures=records).model_dump_json().encode()
             self.storage.put(name, data)
             self._failures.chunks.append(
                 FailureChunkRef(name=name, sha256=sha256_hex(data), count=size)
             )
             self._failures.recent = self._failures.recent[size:]
+
+    def _next_failure_chunk(self) -> int:
+        """Never reuse a chunk name the committed progress.json still names (retry rewrites)."""
+        refs = [*self.progress.failures.chunks, *self._failures.chunks]
+        return 1 + max((int(_CHUNK_NUMBER.findall(ref.name)[-1]) for ref in refs), default=0)
 
     def _resolve_inflight(self) -> None:
         """A progress.json write that raised may still have landed: adopt it instead of guessing."""

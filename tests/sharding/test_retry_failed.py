@@ -1,0 +1,80 @@
+"""Retrying recorded failures: fixed products join the index once, the rest keep a fresh reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sharding import EmbeddedBatch, FailedProduct, IndexWriter, LocalStore, check_store, load_index
+from sharding.errors import InjectedCrash
+from sharding.state import list_failures, read_progress
+from tests.sharding.builds import SMALL, SMALL_ROLLUP, Catalog, run_build, unit_vector
+
+CATALOG = Catalog()  # 47 products, every 9th fails: 9, 18, 27, 36, 45
+FAILED = [9, 18, 27, 36, 45]
+
+
+def _retry_batch(fixed: list[int], still: list[int]) -> EmbeddedBatch:
+    vectors = {k: np.stack([unit_vector(i, d) for i in fixed]) for k, d in SMALL.dims.items()}
+    failures = [FailedProduct(i, "fetch_http_404", f"still gone: {i}") for i in still]
+    return EmbeddedBatch(fixed, ["Late"] * len(fixed), vectors, failures)
+
+
+def _retry(store: LocalStore, fixed: list[int], still: list[int], **crash: object) -> None:
+    writer = IndexWriter.open(store, SMALL, run_id="retry", rollup=SMALL_ROLLUP, **crash)  # type: ignore[arg-type]
+    assert writer.retry_failed(_retry_batch(fixed, still)) == fixed
+    writer.finish()
+
+
+def test_fixed_failures_are_indexed_once_and_the_rest_keep_a_new_reason(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    run_build(store)
+    chunk_names = {ref.name for ref in read_progress(store).failures.chunks}  # type: ignore[union-attr]
+    assert chunk_names, "the build rolled failures into chunks (3 per chunk)"
+    _retry(store, fixed=[18, 36, 45], still=[9, 27])
+    for kind in SMALL.dims:
+        index = load_index(store, kind)
+        assert sorted(index.ids) == sorted(CATALOG.indexed() + [18, 36, 45])
+        assert len(set(index.ids)) == len(index.ids)
+        np.testing.assert_allclose(index.vector(36), unit_vector(36, SMALL.dims[kind]), atol=1e-6)
+    failures = list_failures(store)
+    assert [(f.id, f.reason, f.run_id) for f in failures] == [
+        (9, "fetch_http_404", "retry"),
+        (27, "fetch_http_404", "retry"),
+    ]
+    report = check_store(store)
+    assert report.ok, report.to_markdown()
+    assert not chunk_names & {p.name for p in tmp_path.iterdir()}, "old chunks removed at finish"
+    progress = read_progress(store)
+    assert progress is not None and progress.failures.total == 2
+    assert progress.kinds["color"].vectors_per_brand["Late"] == 3
+
+
+def test_a_crash_anywhere_in_a_retry_leaves_a_consistent_store(tmp_path: Path) -> None:
+    for writes in range(1, 12):
+        store = LocalStore(tmp_path / f"crash-{writes}")
+        run_build(store)
+        try:
+            _retry(store, fixed=[9, 18, 27, 36, 45], still=[], crash_after_writes=writes)
+        except InjectedCrash:
+            pass
+        assert check_store(store).ok, f"crash at write {writes}"
+        _retry_remaining(store)
+        assert sorted(load_index(store, "color").ids) == list(range(1, 48))
+        assert list_failures(store) == [] and check_store(store).ok
+
+
+def _retry_remaining(store: LocalStore) -> None:
+    left = [f.id for f in list_failures(store)]
+    if left:
+        _retry(store, fixed=left, still=[])  # type: ignore[arg-type]
+
+
+def test_only_recorded_failures_can_be_retried(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    run_build(store)
+    writer = IndexWriter.open(store, SMALL, run_id="retry", rollup=SMALL_ROLLUP)
+    with pytest.raises(ValueError, match=r"\[10\] are not recorded failures"):
+        writer.retry_failed(_retry_batch([9, 10], []))
