@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ def test_fixed_failures_are_indexed_once_and_the_rest_keep_a_new_reason(tmp_path
     _retry(store, fixed=[18, 36, 45], still=[9, 27])
     for kind in SMALL.dims:
         index = load_index(store, kind)
-        assert sorted(index.ids) == sorted(CATALOG.indexed() + [18, 36, 45])
+        assert sorted(index.ids) == sorted([*CATALOG.indexed(), 18, 36, 45])
         assert len(set(index.ids)) == len(index.ids)
         np.testing.assert_allclose(index.vector(36), unit_vector(36, SMALL.dims[kind]), atol=1e-6)
     failures = list_failures(store)
@@ -56,10 +57,8 @@ def test_a_crash_anywhere_in_a_retry_leaves_a_consistent_store(tmp_path: Path) -
     for writes in range(1, 12):
         store = LocalStore(tmp_path / f"crash-{writes}")
         run_build(store)
-        try:
+        with contextlib.suppress(InjectedCrash):
             _retry(store, fixed=[9, 18, 27, 36, 45], still=[], crash_after_writes=writes)
-        except InjectedCrash:
-            pass
         assert check_store(store).ok, f"crash at write {writes}"
         _retry_remaining(store)
         assert sorted(load_index(store, "color").ids) == list(range(1, 48))
