@@ -68,6 +68,13 @@ def build(
     model: Annotated[str | None, typer.Option("--model", help="CLIP model id or folder")] = None,
     backend: Annotated[str | None, typer.Option("--backend", help="local | modal")] = None,
     allow_private_urls: PrivateOpt = None,
+    retry_failed: Annotated[
+        bool | None,
+        typer.Option(
+            "--retry-failed/--no-retry-failed",
+            help="Re-fetch and re-embed failed products first [env FAISS_BUILDER_RETRY_FAILED]",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Embed pending catalog products into the index (runs the build-index Prefect flow)."""
@@ -84,6 +91,7 @@ def build(
             model=model,
             backend=backend,
             allow_private_urls=allow_private_urls,
+            retry_failed=retry_failed,
         )
         summary = run_build(settings, show_progress=not as_json)
         _emit(summary, as_json, _render_build)

@@ -40,6 +40,7 @@ def run_build(settings: Settings, *, show_progress: bool) -> dict[str, Any]:
                 catalog=catalog.catalog,
                 allow_private_urls=fetch.allow_private_urls,
                 lease_wait_s=settings.store.lease_wait_s,
+                retry_failed=embed.retry_failed,
             )
         finally:
             unsubscribe()

@@ -72,6 +72,9 @@ class EmbedSettings(BaseSettings):
     max_in_flight: int = Field(2, gt=0, le=64, description="Embedding batches in flight at once.")
     max_images: int | None = Field(None, gt=0, description="Stop after this many products.")
     device: str | None = Field(None, description="Torch device for local CLIP (auto if unset).")
+    retry_failed: bool = Field(
+        False, description="First re-fetch and re-embed the products recorded as failed."
+    )
 
     @field_validator("kinds", mode="before")
     @classmethod

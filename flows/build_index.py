@@ -22,8 +22,11 @@ from tasks.build import (
     count_pending,
     embed_batch,
     fetch_page,
+    fetch_products,
     finish_build,
+    list_failed,
     release_lease,
+    retry_batch,
     start_build,
 )
 
@@ -44,13 +47,15 @@ def build_index(
     catalog: str | None = None,
     allow_private_urls: bool | None = None,
     lease_wait_s: float | None = None,
+    retry_failed: bool | None = None,
 ) -> dict[str, Any]:
     """Embed pending catalog products into the FAISS shards of each kind; resumable at any point.
 
     Every parameter left empty comes from settings (FAISS_BUILDER_* variables or .env): kinds
     default to all three, batch_size to 256, backend to local, embedder to clip with
     openai/clip-vit-base-patch32. A second run on the same store waits up to `lease_wait_s` for
-    the store lease, then exits with a clear message.
+    the store lease, then exits with a clear message. With `retry_failed`, the products
+    recorded as failed are re-fetched and re-embedded first.
     """
     settings = load_settings(
         kinds=tuple(kinds) if kinds else None,
@@ -64,9 +69,12 @@ def build_index(
         catalog=catalog,
         allow_private_urls=allow_private_urls,
         lease_wait_s=lease_wait_s,
+        retry_failed=retry_failed,
     )
     session = start_build(settings, str(flow_run.get_id() or "local"))
     try:
+        if settings.embed.retry_failed:
+            _retry_failures(session, settings.embed.batch_size)
         _run_batches(session, settings.embed.batch_size, settings.embed.max_in_flight)
         summary = finish_build(session)
     finally:
@@ -102,6 +110,20 @@ def _run_batches(session: BuildSession, batch_size: int, max_in_flight: int) -> 
             _write_oldest(session, in_flight, artifact, total)
     while in_flight:
         _write_oldest(session, in_flight, artifact, total)
+
+
+def _retry_failures(session: BuildSession, batch_size: int) -> None:
+    """Recorded failures, batch by batch: fetch as the catalog has them now, embed, index, commit."""
+    failed = list_failed(_unvisited(session))
+    for start in range(0, len(failed), batch_size):
+        products = fetch_products(session.catalog, failed[start : start + batch_size])
+        if not products:
+            continue
+        output = embed_batch(
+            _unvisited(session.backend), _unvisited(products), session.kinds, session.limits
+        )
+        retry_batch(_unvisited(session), _unvisited(products), _unvisited(output))
+        commit_batch(_unvisited(session), _unvisited(products), _unvisited(output))
 
 
 def _write_oldest(

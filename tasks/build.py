@@ -157,6 +157,27 @@ def count_pending(session: BuildSession) -> int | None:
     return min(pending, session.max_images) if session.max_images else pending
 
 
+@task(name="list-failed", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
+def list_failed(session: BuildSession) -> list[ProductId]:
+    """Recorded failures in any of this run's kinds, oldest first."""
+    kinds = set(session.kinds)
+    return [f.id for f in session.writer.failures() if kinds & set(f.kinds)]
+
+
+@task(name="fetch-products", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
+def fetch_products(catalog: Catalog, ids: list[ProductId]) -> list[Product]:
+    """These products as the catalog has them now (gone ones are left out), signed for fetching."""
+    products = catalog.get(ids)
+    sign = getattr(catalog, "sign_for_fetch", None)
+    return sign(products) if sign is not None and products else products
+
+
+@task(name="retry-batch", **_TASK_OPTIONS)
+def retry_batch(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
+    """Index the failures that now embed; the others keep their record with a fresh reason."""
+    session.writer.retry_failed(to_embedded_batch(products, output))
+
+
 @task(name="embed-batch", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
 def embed_batch(
     backend: EmbedBackend, products: list[Product], kinds: list[str], limits: FetchLimits

@@ -154,3 +154,28 @@ def test_modal_backend_without_credentials_fails_at_once_with_the_fix(
     assert code == EXIT_CONFIG
     assert "modal token new" in err and "modal deploy modal_workers/app.py" in err
     assert not store.exists() or not any(store.iterdir())
+
+
+def test_retry_failed_indexes_a_product_whose_image_was_fixed(
+    built_store: Path, catalog: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    folder = tmp_path / "catalog"
+    shutil.copytree(catalog.parent, folder)
+    store = tmp_path / "store"
+    shutil.copytree(built_store, store)
+    shutil.copy(folder / "images" / "00003.jpg", folder / "images" / "broken.jpg")  # fixed now
+    code, out, err = _run("build", "--store", str(store), "--catalog", str(folder / "catalog.csv"),
+                          "--embedder", "histogram", "--retry-failed", "--json")  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["total_vectors"] == {"color": 21, "structure": 21, "combined": 21}
+    code, out, _ = _run("status", "--store", str(store), "--failed", "--json")
+    assert json.loads(out)["failed_count"] == 0 and json.loads(out)["failures"] == []
+    code, out, _ = _run("check", "--store", str(store), "--catalog", str(folder / "catalog.csv"),
+                        "--sample", "0")  # fmt: skip
+    assert code == 0, out
+    code, out, _ = _run("search", "--store", str(store), "--id", str(PRODUCTS + 1), "--json")
+    top = json.loads(out)["hits"][:2]  # product 3 has the very same image: a tie at the top
+    assert {hit["id"] for hit in top} == {3, PRODUCTS + 1}
