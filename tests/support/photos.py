@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
+PHOTO_NAMES = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+)
 
 
 def load_photo(name: str) -> Image.Image:
