@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sharding import names
-from sharding.errors import LeaseHeld, LeaseLost, ObjectExists, ObjectNotFound
+from sharding.errors import LeaseHeld, LeaseLost, ObjectExists, ObjectNotFound, StateError
 from sharding.storage import Storage
 
 Clock = Callable[[], float]
@@ -142,9 +142,16 @@ class StoreLease:
 
 def _read(storage: Storage) -> LeaseInfo | None:
     try:
-        return LeaseInfo.from_bytes(storage.get(names.LEASE))
+        data = storage.get(names.LEASE)
     except ObjectNotFound:
         return None
+    try:
+        return LeaseInfo.from_bytes(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StateError(
+            f"{storage.describe()}: lease.json is unreadable ({type(exc).__name__}); "
+            "if no build is running, delete it"
+        ) from exc
 
 
 def _same(a: LeaseInfo | None, b: LeaseInfo | None) -> bool:

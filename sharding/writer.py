@@ -272,25 +272,28 @@ class IndexWriter:
         costs O(failures): it runs only when a user asks for it. Returns the ids indexed.
         """
         self._validate(batch)
-        recorded = {r.id: r for r in self.failures()}
+        records = self.failures()
+        failed_in: dict[ProductId, set[str]] = {}
+        for record in records:  # per-kind runs each record their own failure of one product
+            failed_in.setdefault(record.id, set()).update(record.kinds)
         strangers = [
-            pid for pid in [*batch.ids, *(f.id for f in batch.failures)] if pid not in recorded
+            pid for pid in [*batch.ids, *(f.id for f in batch.failures)] if pid not in failed_in
         ]
         if strangers:
             raise ValueError(f"retry_failed: {strangers[:5]!r} are not recorded failures")
         fixed: dict[ProductId, set[str]] = {}
         for state in self._kinds.values():
-            rows = [i for i, pid in enumerate(batch.ids) if state.kind in recorded[pid].kinds]
+            rows = [i for i, pid in enumerate(batch.ids) if state.kind in failed_in[pid]]
             vectors = np.asarray(batch.vectors[state.kind][rows], dtype=np.float32)
             brands = [batch.brands[i] or UNKNOWN_BRAND for i in rows]
             state.append([batch.ids[i] for i in rows], vectors, brands)
             for i in rows:
                 fixed.setdefault(batch.ids[i], set()).add(state.kind)
         again = {f.id: f for f in batch.failures}
-        kept = self._still_failed(recorded, fixed, again)
+        kept = self._still_failed(records, fixed, again)
         self._failures = FailureLog(total=len(kept), recent=kept)
         self._flush_sealed()
-        return sorted(fixed, key=batch.ids.index)
+        return [pid for pid in batch.ids if pid in fixed]
 
     def failures(self) -> list[FailureRecord]:
         """Every failure this writer knows: committed chunks (verified) and the recent ones."""
@@ -300,12 +303,12 @@ class IndexWriter:
 
     def _still_failed(
         self,
-        recorded: Mapping[ProductId, FailureRecord],
+        records: Sequence[FailureRecord],
         fixed: Mapping[ProductId, set[str]],
         again: Mapping[ProductId, FailedProduct],
     ) -> list[FailureRecord]:
         kept = []
-        for record in recorded.values():
+        for record in records:
             kinds = [kind for kind in record.kinds if kind not in fixed.get(record.id, set())]
             if not kinds:
                 continue
@@ -335,6 +338,7 @@ class IndexWriter:
     def finish(self) -> Progress:
         """Commit, refresh the seed-compatible id_map_{kind}.json, remove uncommitted leftovers."""
         progress = self.commit()
+        self._guard()  # deleting "leftovers" of a run that took our lease would break its commit
         for kind in self._kinds:
             ids = _all_ids(self.storage, progress, kind)
             self.storage.put(names.full_id_map(kind), encode_ids(ids))
@@ -542,13 +546,15 @@ def uncommitted_objects(
     """Layout objects of these kinds (and failure chunks) that no commit refers to."""
     last_shard = {k: progress.kinds[k].last_shard_number() for k in kinds if k in progress.kinds}
     segments = {k: len(progress.kinds[k].segments) for k in kinds if k in progress.kinds}
+    # A retry rewrites the failure log under new numbers: a chunk is stale unless named.
+    chunks = {ref.name for ref in progress.failures.chunks}
     leftovers = []
     for name in listed:
         parsed = names.parse(name)
         if parsed is None or parsed.number is None:
             continue
         if parsed.role == "failed":
-            stale = parsed.number > len(progress.failures.chunks)
+            stale = name not in chunks
         elif parsed.kind not in kinds:
             continue
         elif parsed.role == "manifest":

@@ -38,3 +38,12 @@ def test_the_keeper_stops_once_the_lease_is_lost(tmp_path: Path) -> None:
     assert isinstance(keeper.error, LeaseLost)
     with pytest.raises(LeaseHeld, match="run-b"):  # run-b's lease was left alone
         StoreLease.acquire(store, "run-c", ttl_s=5)
+
+
+def test_an_unreadable_lease_is_a_clear_state_error(tmp_path: Path) -> None:
+    from sharding.errors import StateError
+
+    store = LocalStore(tmp_path)
+    store.put("lease.json", b"{not json")
+    with pytest.raises(StateError, match=r"lease\.json is unreadable.*delete it"):
+        StoreLease.acquire(store, "run-a", ttl_s=5)

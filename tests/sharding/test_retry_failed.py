@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sharding import EmbeddedBatch, FailedProduct, IndexWriter, LocalStore, check_store, load_index
+from sharding import (
+    BuildConfig,
+    EmbeddedBatch,
+    FailedProduct,
+    IndexWriter,
+    LocalStore,
+    check_store,
+    load_index,
+)
 from sharding.errors import InjectedCrash
 from sharding.state import list_failures, read_progress
 from tests.sharding.builds import SMALL, SMALL_ROLLUP, Catalog, run_build, unit_vector
@@ -77,3 +85,33 @@ def test_only_recorded_failures_can_be_retried(tmp_path: Path) -> None:
     writer = IndexWriter.open(store, SMALL, run_id="retry", rollup=SMALL_ROLLUP)
     with pytest.raises(ValueError, match=r"\[10\] are not recorded failures"):
         writer.retry_failed(_retry_batch([9, 10], []))
+
+
+def test_a_retry_that_keeps_many_failures_leaves_every_new_chunk_in_place(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    run_build(store, catalog=Catalog(n=47, fail_every=3))  # 15 failures: 5 chunks of 3
+    failed = [f.id for f in list_failures(store)]
+    _retry(store, fixed=failed[:2], still=failed[2:])  # 13 kept: new chunks, new names
+    progress = read_progress(store)
+    assert progress is not None and len(progress.failures.chunks) == 4
+    assert all((tmp_path / ref.name).exists() for ref in progress.failures.chunks)
+    assert [f.id for f in list_failures(store)] == failed[2:]
+    assert check_store(store).ok
+    IndexWriter.open(store, SMALL, run_id="next", rollup=SMALL_ROLLUP).finish()  # resumable
+
+
+def test_a_retry_for_one_kind_keeps_the_other_kinds_failure(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    color_only = BuildConfig("histogram", "hist-v1", {"color": 4}, shard_max_vectors=10)
+    combined_only = BuildConfig("histogram", "hist-v1", {"combined": 6}, shard_max_vectors=10)
+    run_build(store, color_only)
+    run_build(store, combined_only, run_id="run-2")
+    assert [f.id for f in list_failures(store)] == FAILED * 2  # one record per kind run
+    writer = IndexWriter.open(store, combined_only, run_id="retry", rollup=SMALL_ROLLUP)
+    vectors = {"combined": np.stack([unit_vector(9, 6)])}
+    assert writer.retry_failed(EmbeddedBatch([9], ["Late"], vectors, [])) == [9]
+    writer.finish()
+    left = {(f.id, tuple(f.kinds)) for f in list_failures(store)}
+    assert (9, ("color",)) in left and (9, ("combined",)) not in left
+    assert 9 in load_index(store, "combined").ids and 9 not in load_index(store, "color").ids
+    assert check_store(store).ok
