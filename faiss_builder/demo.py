@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from faiss_builder.errors import UsageError
 from faiss_builder.settings import DEFAULT_CLIP_MODEL, load_settings
 
 MARKER = ".faiss-builder-demo"
@@ -143,7 +144,7 @@ def _prepare_folder(folder: Path) -> None:
     """Start clean in a folder the demo made before; never touch a folder it did not make."""
     if folder.exists() and any(folder.iterdir()):
         if not (folder / MARKER).exists():
-            raise ValueError(f"{folder} exists and was not made by the demo; choose --folder")
+            raise UsageError(f"{folder} exists and was not made by the demo; choose --folder")
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MARKER).write_text("made by faiss-builder demo; safe to delete\n")

@@ -13,10 +13,8 @@ from faiss_builder.connect import (
     open_catalog,
     open_storage,
 )
+from faiss_builder.errors import UsageError
 from faiss_builder.settings import Settings
-
-# `status --failed` prints at most this many; --json gets them all.
-FAILED_SHOWN = 50
 
 
 def run_build(settings: Settings, *, show_progress: bool) -> dict[str, Any]:
@@ -62,10 +60,13 @@ def run_search(
 
     storage = open_storage(settings)
     progress = require_progress(storage)
+    if kind not in progress.kinds:
+        built = ", ".join(progress.kinds) or "none"
+        raise UsageError(f"--kind {kind}: this store has no {kind} index (built: {built})")
     index = load_index(storage, kind, cache_dir=_cache_dir(settings))
     if product_id is not None:
         query_id = _as_indexed_id(product_id, index.ids)
-        vector, query = index.vector(query_id), f"product {query_id!r}"
+        vector, query = _stored_vector(index, query_id), f"product {query_id!r}"
     else:
         assert image is not None
         vector, query = _embed_query(settings, progress, kind, image), image
@@ -178,26 +179,22 @@ def _kind_status(kp: Any) -> dict[str, Any]:
 
 def _embed_query(settings: Settings, progress: Any, kind: str, image: str) -> Any:
     """Embed the query image with the embedder the index was built with."""
-    from modal_workers.types import ImageRef
+    from modal_workers.pipeline import embed_query_image
+    from modal_workers.reasons import ImageRefused
 
     backend = LocalBackend(progress.embedder, progress.model or None, device=settings.embed.device)
-    query = _QueryImage(image)
-    limits = fetch_limits(settings, query.local_root)
-    output = backend.embed([ImageRef(id="query", url=query.url)], [kind], limits)
-    if output.failures:
-        failure = output.failures[0]
-        raise ValueError(f"query image {image}: {failure.reason}: {failure.message}")
-    return output.vectors[kind][0]
+    try:
+        vectors = embed_query_image(image, [kind], backend.embedder, fetch_limits(settings, None))
+    except ImageRefused as exc:
+        raise UsageError(f"query image {image}: {exc.reason}: {exc.message}") from None
+    return vectors[kind][0]
 
 
-class _QueryImage:
-    """A query image given on the command line: a URL, or a local file the user pointed at."""
-
-    def __init__(self, image: str) -> None:
-        is_url = image.startswith(("http://", "https://"))
-        path = Path(image).resolve()
-        self.local_root: str | None = None if is_url else str(path.parent)
-        self.url = image if is_url else path.name
+def _stored_vector(index: Any, product_id: Any) -> Any:
+    try:
+        return index.vector(product_id)
+    except KeyError:
+        raise UsageError(f"--id {product_id!r} is not in the {index.kind} index") from None
 
 
 def _brands(settings: Settings, ids: list[Any]) -> dict[Any, str | None]:
@@ -214,7 +211,7 @@ def _as_indexed_id(text: str, ids: list[Any]) -> Any:
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"--id {text!r}: this index has integer product ids") from None
+            raise UsageError(f"--id {text!r}: this index has integer product ids") from None
     return text
 
 

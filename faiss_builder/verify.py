@@ -78,7 +78,10 @@ def verify_sample(
 
     report = SampleReport(threshold=threshold)
     indexes = {kind: load_index(storage, kind) for kind in kinds}
-    ids = pick_sample(indexes[kinds[0]].ids, sample, seed)
+    # Sample across kinds: per-kind runs may have indexed a product in one kind and not another.
+    ids = pick_sample(
+        sorted({pid for i in indexes.values() for pid in i.ids}, key=str), sample, seed
+    )
     products = catalog.get(ids)
     report.unverifiable += [
         {"id": missing, "reason": "not in catalog"}
@@ -90,10 +93,11 @@ def verify_sample(
         return report
     report.unverifiable += [{"id": f.id, "reason": f.reason} for f in output.failures]
     for kind, index in indexes.items():
-        hits = index.search(output.vectors[kind], 5)
+        indexed = set(index.ids)
+        rows = [i for i, product_id in enumerate(output.ids) if product_id in indexed]
+        hits = index.search(output.vectors[kind][rows], 5) if rows else []
         report.results += [
-            _judge(kind, product_id, row, threshold)
-            for product_id, row in zip(output.ids, hits, strict=True)
+            _judge(kind, output.ids[i], row, threshold) for i, row in zip(rows, hits, strict=True)
         ]
     return report
 

@@ -179,3 +179,47 @@ def test_retry_failed_indexes_a_product_whose_image_was_fixed(
     code, out, _ = _run("search", "--store", str(store), "--id", str(PRODUCTS + 1), "--json")
     top = json.loads(out)["hits"][:2]  # product 3 has the very same image: a tie at the top
     assert {hit["id"] for hit in top} == {3, PRODUCTS + 1}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--id", "999"], "--id 999 is not in the color index"),
+        (["--id", "abc"], "this index has integer product ids"),
+        (["--id", "5", "--kind", "shape"], "no shape index"),
+        (
+            ["--image", "/nonexistent/query.jpg"],
+            "query image /nonexistent/query.jpg: file_not_found",
+        ),
+    ],
+)
+def test_search_mistakes_are_one_line_usage_errors(
+    built_store: Path, args: list[str], message: str
+) -> None:
+    code, out, err = _run("search", "--store", str(built_store), *args)
+    assert code == EXIT_CONFIG and out == ""
+    assert err.startswith("faiss-builder: error: ") and message in err and err.count("\n") == 1
+
+
+def test_check_samples_products_indexed_in_only_some_kinds(
+    catalog: Path, tmp_path: Path, prefect_api: object
+) -> None:
+    """Per-kind runs can index a product in color and fail it in structure; check still passes."""
+    import shutil
+
+    folder = tmp_path / "catalog"
+    shutil.copytree(catalog.parent, folder)
+    store, csv = str(tmp_path / "store"), str(folder / "catalog.csv")
+    good = folder / "images" / "broken.jpg"
+    shutil.copy(folder / "images" / "00004.jpg", good)
+    assert _run("build", "--store", store, "--catalog", csv, "--embedder", "histogram",
+                "--kinds", "color")[0] == 0  # fmt: skip
+    good.write_text("broken again")
+    assert _run("build", "--store", store, "--catalog", csv, "--embedder", "histogram",
+                "--kinds", "structure")[0] == 0  # fmt: skip
+    shutil.copy(folder / "images" / "00004.jpg", good)  # fixed again before the check
+    code, out, _ = _run("check", "--store", store, "--catalog", csv, "--sample", "50", "--json")
+    result = json.loads(out)
+    assert code == 0, result
+    checked = {(r["kind"], r["id"]) for r in result["sample"]["results"]}
+    assert ("color", PRODUCTS + 1) in checked and ("structure", PRODUCTS + 1) not in checked
