@@ -17,8 +17,8 @@ class LocalStore:
     """Objects are files under `root`; a reader never sees half a file."""
 
     def __init__(self, root: Path | str) -> None:
+        # Created on the first write only: status, check and doctor must leave no trace.
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, name: str) -> Path:
         parts = name.split("/")

@@ -223,3 +223,11 @@ def test_check_samples_products_indexed_in_only_some_kinds(
     assert code == 0, result
     checked = {(r["kind"], r["id"]) for r in result["sample"]["results"]}
     assert ("color", PRODUCTS + 1) in checked and ("structure", PRODUCTS + 1) not in checked
+
+
+def test_read_only_commands_leave_no_trace(tmp_path: Path) -> None:
+    missing = tmp_path / "not-a-store"
+    code, out, _ = _run("status", "--store", str(missing), "--json")
+    assert code == 0 and json.loads(out)["initialised"] is False
+    _run("doctor", "--store", str(missing), "--catalog", str(tmp_path / "none.csv"))
+    assert not missing.exists()
