@@ -1,4 +1,5 @@
 # One entry point for users and CI: `make demo`, `make test`, `make lint`, `make bench`, `make soak`.
+PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -8,7 +9,9 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
+	@$(PYTHON) -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "make: need Python >= 3.11 with venv/ensurepip as $(PYTHON) (e.g. apt-get install python3-venv, or make PYTHON=python3.11)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)

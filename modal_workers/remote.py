@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from modal_workers.types import EmbedOutput, FetchLimits, ImageRef
@@ -64,17 +64,6 @@ class ModalEmbedClient:
     ) -> EmbedOutput:
         answer = self.instance().embed.remote(*wire_arguments(refs, kinds, limits))
         return EmbedOutput.from_wire(answer)
-
-    def embed_many(
-        self, batches: Iterable[Sequence[ImageRef]], kinds: Sequence[str], limits: FetchLimits
-    ) -> Iterator[EmbedOutput]:
-        """Several batches fanned out over containers; results come back in batch order."""
-        arguments = [wire_arguments(batch, kinds, limits) for batch in batches]
-        if not arguments:
-            return
-        columns = [list(column) for column in zip(*arguments, strict=True)]
-        for answer in self.instance().embed.map(*columns):
-            yield EmbedOutput.from_wire(answer)
 
 
 def wire_arguments(

@@ -70,7 +70,7 @@ def render_summary(summary: dict[str, Any]) -> str:
     lines += [
         "",
         f"Products processed: {summary['products']} in {summary['batches']} batches; "
-        f"failed: {summary['failed']}; skipped (already indexed): {summary.get('skipped', 0)}",
+        f"failed: {summary['failed']}; skipped (already indexed): {summary['skipped']}",
         f"Throughput: {summary['images_per_s']} images/s over {summary['elapsed_s']} s",
     ]
     return "\n".join(lines)

@@ -243,6 +243,11 @@ def finish_build(session: BuildSession) -> dict[str, Any]:
         "products": stats.products,
         "batches": stats.batches,
         "failed": stats.failed,
+        # Products this run read that a kind had already indexed (a kind's cursor was ahead).
+        "skipped": sum(
+            stats.products - stats.failed - (progress.total_vectors(k) - session.totals_at_start[k])
+            for k in session.kinds
+        ),
         "vectors_added": {
             kind: progress.total_vectors(kind) - session.totals_at_start[kind]
             for kind in session.kinds
