@@ -85,7 +85,8 @@ def open_backend(settings: Settings, embedder: str, model: str | None) -> EmbedB
 
 
 def fetch_limits(settings: Settings, local_root: str | None) -> FetchLimits:
-    """Fetch limits; local file paths are allowed only under `local_root` (a local catalog's folder)."""
+    """Fetch limits. Local file paths (relative to `local_root`, or absolute) are accepted only
+    when `local_root` is set, i.e. for a local catalog file, never for the Supabase table."""
     from modal_workers.types import FetchLimits
 
     fetch = settings.fetch
