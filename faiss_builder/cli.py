@@ -114,9 +114,13 @@ def check(
             store=store, catalog=catalog, kinds=kinds, allow_private_urls=allow_private_urls
         )
         outcome = run_check(
-            settings, sample=sample, kinds=list(settings.embed.kinds) if kinds else None
+            settings,
+            sample=sample,
+            kinds=list(settings.embed.kinds) if kinds else None,
+            # The structural report is out in about a second; the sample follows.
+            on_store_report=None if as_json else typer.echo,
         )
-        _emit(outcome, as_json, _render_check)
+        _emit(outcome, as_json, _render_check_tail)
         if not outcome["ok"]:
             raise typer.Exit(errors.EXIT_CHECK_FAILED)
 
@@ -234,8 +238,11 @@ def _render_build(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _render_check(outcome: dict[str, Any]) -> str:
-    return str(outcome["text"])
+def _render_check_tail(outcome: dict[str, Any]) -> str:
+    """What follows the structural report: the sample's result, then the verdict."""
+    verdict = f"alignment check: {'PASS' if outcome['ok'] else 'FAIL'}"
+    sample_text = outcome.get("sample_text")
+    return f"{sample_text}\n\n{verdict}" if sample_text else verdict
 
 
 def _render_search(result: dict[str, Any]) -> str:

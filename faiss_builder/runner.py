@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,19 @@ def run_build(settings: Settings, *, show_progress: bool) -> dict[str, Any]:
             unsubscribe()
 
 
-def run_check(settings: Settings, *, sample: int, kinds: list[str] | None) -> dict[str, Any]:
+def run_check(
+    settings: Settings,
+    *,
+    sample: int,
+    kinds: list[str] | None,
+    on_store_report: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Structural checks of each kind (default: all in the store), then a re-embedded sample."""
     from faiss_builder.verify import run_alignment_check
 
-    return run_alignment_check(settings, kinds=kinds, sample=sample)
+    return run_alignment_check(
+        settings, kinds=kinds, sample=sample, on_store_report=on_store_report
+    )
 
 
 def run_search(

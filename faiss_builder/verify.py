@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -155,8 +155,13 @@ def run_alignment_check(
     sample: int,
     threshold: float = DEFAULT_SELF_SIMILARITY,
     seed: int | None = None,
+    on_store_report: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The whole check as the CLI runs it: {ok, kinds, store, sample, text}."""
+    """The whole check as the CLI runs it: {ok, kinds, store, sample, text}.
+
+    `on_store_report` gets the structural report as soon as it is ready, before the sample
+    (which loads the embedder and re-fetches images) starts.
+    """
     from faiss_builder.connect import open_storage
     from sharding.checks import check_store
     from sharding.errors import StateError
@@ -167,6 +172,8 @@ def run_alignment_check(
     except StateError:
         kinds = []  # an unreadable progress.json: check_store reports it as a problem
     report = check_store(storage, kinds or None)
+    if on_store_report is not None:
+        on_store_report(report.to_markdown())
     sample_report = None
     if report.ok and sample > 0:
         sample_report = check_sample(settings, storage, kinds, sample, threshold, seed)
@@ -176,6 +183,7 @@ def run_alignment_check(
         "kinds": kinds,
         "store": report.to_dict(),
         "sample": sample_report.to_dict() if sample_report else None,
+        "sample_text": render_sample(sample_report) if sample_report else None,
         "text": render_check(report, sample_report),
     }
 
