@@ -14,7 +14,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 
-FAILURE_ROWS = 100
+from tasks.build import FAILURES_IN_SUMMARY
 
 
 @task(name="create-progress-artifact", cache_policy=NONE, persist_result=False)
@@ -45,9 +45,9 @@ def publish_summary(summary: dict[str, Any]) -> None:
     ]
     create_table_artifact(brand_rows, key="build-index-brands", description="Vectors per brand")
     create_table_artifact(
-        summary["failures"][:FAILURE_ROWS] or [{"id": "", "reason": "", "message": "no failures"}],
+        summary["failures"] or [{"id": "", "reason": "", "message": "no failures"}],
         key="build-index-failures",
-        description=f"Failed products of this run (first {FAILURE_ROWS}, with reasons)",
+        description=f"Failed products of this run (first {FAILURES_IN_SUMMARY}, with reasons)",
     )
 
 

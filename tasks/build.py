@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 # Tasks pass live objects (writer, clients) between each other in one process: no caching,
 # no result persistence.
+FAILURES_IN_SUMMARY = 100
 _TASK_OPTIONS: dict[str, Any] = {"cache_policy": NONE, "persist_result": False}
 
 
@@ -142,9 +143,7 @@ def open_writer(
 @task(name="fetch-page", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
 def fetch_page(catalog: Catalog, after: ProductId | None, limit: int) -> list[Product]:
     """The next products in id order after `after`, with private-bucket paths signed for fetching."""
-    products = catalog.page(after, limit)
-    sign = getattr(catalog, "sign_for_fetch", None)
-    return sign(products) if sign is not None and products else products
+    return _signed_for_fetch(catalog, catalog.page(after, limit))
 
 
 @task(name="count-pending", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
@@ -167,9 +166,7 @@ def list_failed(session: BuildSession) -> list[ProductId]:
 @task(name="fetch-products", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
 def fetch_products(catalog: Catalog, ids: list[ProductId]) -> list[Product]:
     """These products as the catalog has them now (gone ones are left out), signed for fetching."""
-    products = catalog.get(ids)
-    sign = getattr(catalog, "sign_for_fetch", None)
-    return sign(products) if sign is not None and products else products
+    return _signed_for_fetch(catalog, catalog.get(ids))
 
 
 @task(name="retry-batch", **_TASK_OPTIONS)
@@ -256,7 +253,7 @@ def finish_build(session: BuildSession) -> dict[str, Any]:
         "shards": {kind: progress.kinds[kind].shard_count() for kind in session.kinds},
         "elapsed_s": round(stats.elapsed_s, 3),
         "images_per_s": round(stats.products / stats.elapsed_s, 2) if stats.elapsed_s else 0.0,
-        "failures": stats.failures[:100],
+        "failures": stats.failures,
         "vectors_per_brand": {
             kind: dict(progress.kinds[kind].vectors_per_brand) for kind in session.kinds
         },
@@ -270,11 +267,19 @@ def release_lease(session: BuildSession) -> None:
     session.lease.release()
 
 
+def _signed_for_fetch(catalog: Catalog, products: list[Product]) -> list[Product]:
+    """Private-bucket paths become signed URLs just before dispatch (Supabase catalogs only)."""
+    sign = getattr(catalog, "sign_for_fetch", None)
+    return sign(products) if sign is not None and products else products
+
+
 def _count(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
     stats = session.stats
     stats.products += len(products)
     stats.batches += 1
     stats.failed += len(output.failures)
+    # The summary shows the first few; all of them are durable in the store (status --failed).
+    room = FAILURES_IN_SUMMARY - len(stats.failures)
     stats.failures.extend(
-        {"id": f.id, "reason": f.reason, "message": f.message} for f in output.failures
+        {"id": f.id, "reason": f.reason, "message": f.message} for f in output.failures[:room]
     )

@@ -12,6 +12,7 @@ from postgrest.exceptions import APIError
 
 from faiss_builder.catalog.base import Product, ProductId
 from faiss_builder.catalog.local import CatalogError
+from modal_workers.fetch import is_http_url
 
 if TYPE_CHECKING:
     from supabase import Client
@@ -216,10 +217,6 @@ class SignedProducts:
 
     products: list[Product]
     failures: list[SignFailure] = field(default_factory=list)
-
-
-def is_http_url(value: str) -> bool:
-    return value.lower().startswith(("http://", "https://"))
 
 
 def sign_image_urls(
