@@ -83,10 +83,13 @@ def _memory_rows(r: dict[str, Any]) -> list[Row]:
 
 def _load_rows(r: dict[str, Any]) -> list[Row]:
     shape = f"{r['vectors']:,} x {r['dim']}-d, {r['shards']:,} shards"
-    load = f"{r['load_ratio']:.2f}x ({r['load_s']:.2f} s vs {r['raw_read_s']:.2f} s raw; {shape})"
+    load = (
+        f"{r['load_ratio']:.2f}x ({r['load_s']:.2f} s vs {r['raw_read_s']:.2f} s reading the bytes "
+        f"into memory; {r['load_over_read_and_drop']:.2f}x a read-and-drop; {shape})"
+    )
     search = f"{r['search_ratio']:.2f}x ({r['search_sharded_ms']} vs {r['search_merged_ms']} ms)"
     return [
-        ("5 index load / raw read", load, "<= 1.5x", r["load_ratio"] <= 1.5),
+        ("5 index load / raw read into memory", load, "<= 1.5x", r["load_ratio"] <= 1.5),
         ("5 search sharded / one flat index", search, "<= 1.1x", r["search_ratio"] <= 1.1),
     ]
 

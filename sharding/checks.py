@@ -204,7 +204,7 @@ def _checked_vectors(
             Problem(kind, "dimension", f"{record.name}: dimension {index.d}, committed {dim}")
         )
         return None
-    if sha256_hex(data) == record.sha256:
+    if sha256_hex(data) == record.sha256 and record.index_matches(data):  # both digests audited
         return index_vectors(index)
     try:
         index, _ = committed_index(data, record, dim)

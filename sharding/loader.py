@@ -1,4 +1,4 @@
-"""Loading a kind's shards (parallel, sha256-checked, cached) into one searchable index."""
+"""Loading a kind's shards (parallel, checksum-verified, cached) into one searchable index."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import contextlib
 import functools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +14,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from sharding.codec import ProductId, sha256_hex
-from sharding.errors import StateError
+from sharding.codec import ProductId, flat_ip_header, flat_ip_layout_holds
+from sharding.errors import ObjectNotFound, StateError
+from sharding.local_store import read_file_into
 from sharding.progress import Progress, ShardRecord
 from sharding.state import (
     committed_ids,
@@ -24,7 +25,7 @@ from sharding.state import (
     require_progress,
     shard_records,
 )
-from sharding.storage import Storage
+from sharding.storage import ReadsInto, Storage
 
 # faiss-cpu skips BLAS below this many queries; BLAS is ~13x faster at 100 queries (DESIGN §7).
 _BLAS_THRESHOLD = 20
@@ -106,12 +107,14 @@ def load_index(
     workers: int = 8,
     trust_cache: bool = False,
 ) -> ShardedIndex:
-    """Download every committed shard of a kind in parallel, verify it, gather it for search.
+    """Read every committed shard of a kind in parallel, verify it, gather it for search.
 
-    Every object is checked against the sha256 progress.json commits. With `trust_cache`, files
-    already in `cache_dir` are not hashed again: they are named by their sha256 and were
-    verified before they were written there, so only a local change to the cache folder could
-    make them wrong. Objects read from the store are always verified.
+    Every object is checked against the checksum progress.json commits (XXH3-128; sha256 for
+    format 1 records). Shards of a local store, or of `cache_dir`, are read straight into the
+    result array. With `trust_cache`, files already in `cache_dir` are not hashed again: they are
+    named by their sha256 and were verified before they were written there, so only a local
+    change to the cache folder could make them wrong. Objects read from the store are always
+    verified.
     """
     progress = require_progress(storage)
     records = shard_records(storage, progress, kind)
@@ -119,12 +122,12 @@ def load_index(
     # Written by the shard loads in parallel: the first touch of 2 GB is spread over the threads.
     vectors = np.empty((sum(r.vectors for r in records), dim), dtype=np.float32)
     starts = np.cumsum([0] + [r.vectors for r in records[:-1]]).tolist()
-    fetch = _VerifiedFetch(storage, cache_dir, records, trust_cache)
+    source = _ShardSource(storage, cache_dir, trust_cache)
 
     def load(record: ShardRecord, start: int) -> list[ProductId]:
-        return _load_shard_into(fetch, record, dim, vectors[start : start + record.vectors])
+        return _load_shard_into(source, record, dim, vectors[start : start + record.vectors])
 
-    # hashlib and file reads release the GIL: the threads share the hashing, the bulk of the time.
+    # readv and hashing release the GIL: the threads share the copying, the bulk of the time.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         ids = [pid for shard_ids in pool.map(load, records, starts) for pid in shard_ids]
     if len(ids) != progress.kinds[kind].total_vectors:
@@ -136,53 +139,89 @@ def load_index(
 
 
 def _load_shard_into(
-    fetch: _VerifiedFetch, record: ShardRecord, dim: int, out: np.ndarray
+    source: _ShardSource, record: ShardRecord, dim: int, out: np.ndarray
 ) -> list[ProductId]:
-    data, exact = fetch(record.name)
-    vectors, _ = committed_vectors(data, record, dim, exact=exact)
-    out[:] = vectors
-    id_data, id_exact = fetch(record.id_map)
+    if not source.read_vectors_into(record, dim, out):
+        data, exact = source.fetch(record.name, record.sha256, record.index_matches)
+        vectors, _ = committed_vectors(data, record, dim, exact=exact)
+        out[:] = vectors
+    id_data, id_exact = source.fetch(record.id_map, record.id_map_sha256, record.id_map_matches)
     ids, _ = committed_ids(id_data, record, exact=id_exact)
-    if len(ids) != len(vectors):
-        raise StateError(f"{record.id_map}: {len(ids)} ids for {len(vectors)} vectors")
+    if len(ids) != len(out):
+        raise StateError(f"{record.id_map}: {len(ids)} ids for {len(out)} vectors")
     return ids
 
 
-class _VerifiedFetch:
-    """Fetch an object and say whether it hashes to its committed sha256, hashing it once.
+class _ShardSource:
+    """Shard objects from the store or from `cache_dir`, each checked against its commit once.
 
-    Through `cache_dir`, exact copies are kept under their sha256 and reused when they still
-    match (or without re-hashing, with `trust`).
+    The cache keeps exact copies under their sha256 and reuses them while they still match
+    (or without re-hashing, with `trust`).
     """
 
-    def __init__(
-        self, storage: Storage, cache_dir: Path | None, records: list[ShardRecord], trust: bool
-    ) -> None:
+    def __init__(self, storage: Storage, cache_dir: Path | None, trust: bool) -> None:
         self.storage = storage
         self.cache_dir = cache_dir
         self.trust = trust
-        self.sha = {r.name: r.sha256 for r in records} | {
-            r.id_map: r.id_map_sha256 for r in records
-        }
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, name: str) -> tuple[bytes, bool]:
-        sha = self.sha[name]
-        path = None if self.cache_dir is None else self.cache_dir / f"{sha}.bin"
-        if path is not None and path.is_file():
-            data = path.read_bytes()
-            if self.trust or sha256_hex(data) == sha:
+    def _cached(self, sha256: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / f"{sha256}.bin"
+
+    def read_vectors_into(self, record: ShardRecord, dim: int, out: np.ndarray) -> bool:
+        """The fast path: an exactly committed IndexFlatIP file read straight into `out`.
+
+        False (and `out` undefined) when the file is not local, not in the layout this faiss
+        writes, or not exactly the committed bytes; the caller then takes the general path,
+        which trims an uncommitted tail or names what is wrong.
+        """
+        if not flat_ip_layout_holds():
+            return False
+        header = flat_ip_header(dim, record.vectors)
+        head = bytearray(len(header))
+        buffers = [memoryview(head), out.data.cast("B")]
+
+        def exact() -> bool:
+            return head == header and record.index_matches(*buffers)
+
+        cached = self._cached(record.sha256)
+        with contextlib.suppress(FileNotFoundError):
+            if (
+                cached is not None
+                and read_file_into(cached, buffers)
+                and head == header
+                and (self.trust or exact())
+            ):
+                return True
+        if not isinstance(self.storage, ReadsInto):
+            return False
+        try:
+            if not (self.storage.read_exact_into(record.name, buffers) and exact()):
+                return False
+        except ObjectNotFound:
+            return False  # the general path reports it
+        if cached is not None:
+            _write_atomic(cached, *buffers)
+        return True
+
+    def fetch(self, name: str, sha256: str, matches: Callable[[bytes], bool]) -> tuple[bytes, bool]:
+        """An object's bytes and whether they are exactly the committed ones."""
+        cached = self._cached(sha256)
+        if cached is not None and cached.is_file():
+            data = cached.read_bytes()
+            if self.trust or matches(data):
                 return data, True
         data = fetch_committed(self.storage.get, name)
-        exact = sha256_hex(data) == sha
-        if exact and path is not None:
-            _write_atomic(path, data)
+        exact = matches(data)
+        if exact and cached is not None:
+            _write_atomic(cached, data)
         return data, exact
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, *parts: bytes | bytearray | memoryview) -> None:
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+        for part in parts:
+            handle.write(part)
     os.replace(temp, path)

@@ -63,6 +63,12 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError) as exc:
             raise ObjectNotFound(f"{name} not found in {self.root}") from exc
 
+    def read_exact_into(self, name: str, buffers: Sequence[memoryview]) -> bool:
+        try:
+            return read_file_into(self._path(name), buffers)
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ObjectNotFound(f"{name} not found in {self.root}") from exc
+
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 
@@ -80,3 +86,24 @@ class LocalStore:
 
     def describe(self) -> str:
         return f"local folder {self.root}"
+
+
+def read_file_into(path: Path, buffers: Sequence[memoryview]) -> bool:
+    """Fill byte `buffers`, in order, with a file's bytes if its size is exactly their total size.
+
+    False when the size differs, before or while reading (the buffers may then hold anything).
+    The bytes go from the page cache straight into the caller's memory: os.readv, no copy.
+    """
+    pending = [b for b in buffers if b.nbytes]
+    with open(path, "rb", buffering=0) as handle:
+        if os.fstat(handle.fileno()).st_size != sum(b.nbytes for b in pending):
+            return False
+        while pending:
+            count = os.readv(handle.fileno(), pending)
+            if count == 0:
+                return False  # the file was cut while we read it
+            while pending and count >= pending[0].nbytes:
+                count -= pending.pop(0).nbytes
+            if count:
+                pending[0] = pending[0][count:]
+    return True

@@ -21,7 +21,14 @@ from sharding.codec import (
     sha256_hex,
 )
 from sharding.errors import ObjectNotFound, StateError
-from sharding.progress import FailureChunk, FailureRecord, ManifestSegment, Progress, ShardRecord
+from sharding.progress import (
+    READABLE_FORMATS,
+    FailureChunk,
+    FailureRecord,
+    ManifestSegment,
+    Progress,
+    ShardRecord,
+)
 from sharding.storage import Storage
 
 
@@ -32,9 +39,15 @@ def read_progress(storage: Storage) -> Progress | None:
     except ObjectNotFound:
         return None
     try:
-        return Progress.model_validate_json(data)
+        progress = Progress.model_validate_json(data)
     except ValidationError as exc:
         raise StateError(f"{names.PROGRESS} in {storage.describe()} is not valid: {exc}") from exc
+    if progress.format_version not in READABLE_FORMATS:
+        raise StateError(
+            f"{names.PROGRESS} in {storage.describe()} has format {progress.format_version}; this "
+            f"faiss-builder reads formats {', '.join(map(str, READABLE_FORMATS))}"
+        )
+    return progress
 
 
 def require_progress(storage: Storage) -> Progress:
@@ -42,6 +55,9 @@ def require_progress(storage: Storage) -> Progress:
     if progress is None:
         raise StateError(f"{storage.describe()} has no {names.PROGRESS}: nothing was committed")
     return progress
+
+
+DIFFERS = f"bytes differ from the ones committed in {names.PROGRESS}"
 
 
 def get_verified(storage: Storage, name: str, sha256: str) -> bytes:
@@ -52,6 +68,22 @@ def get_verified(storage: Storage, name: str, sha256: str) -> bytes:
         raise StateError(f"{name} is named by {names.PROGRESS} but missing") from exc
     if sha256_hex(data) != sha256:
         raise StateError(f"{name}: sha256 differs from the one committed in {names.PROGRESS}")
+    return data
+
+
+def get_verified_index(storage: Storage, record: ShardRecord) -> bytes:
+    """A committed shard's index bytes, refused unless they match the commit exactly."""
+    data = fetch_committed(storage.get, record.name)
+    if not record.index_matches(data):
+        raise StateError(f"{record.name}: {DIFFERS}")
+    return data
+
+
+def get_verified_id_map(storage: Storage, record: ShardRecord) -> bytes:
+    """A committed shard's id-map bytes, refused unless they match the commit exactly."""
+    data = fetch_committed(storage.get, record.id_map)
+    if not record.id_map_matches(data):
+        raise StateError(f"{record.id_map}: {DIFFERS}")
     return data
 
 
@@ -119,7 +151,7 @@ def committed_vectors(
     faiss decode costs a zero-filled allocation and a copy per shard for the same floats.
     """
     if exact is None:
-        exact = sha256_hex(data) == record.sha256
+        exact = record.index_matches(data)
     if exact:
         view = flat_ip_vectors(data, dim, record.vectors)
         if view is not None:
@@ -131,9 +163,9 @@ def committed_vectors(
 
 
 def committed_index(data: bytes, record: ShardRecord, dim: int) -> tuple[faiss.Index, bool]:
-    exact = sha256_hex(data) == record.sha256
+    exact = record.index_matches(data)
     if not exact and record.sealed:
-        raise StateError(f"{record.name}: sha256 differs from the one committed (sealed shard)")
+        raise StateError(f"{record.name}: {DIFFERS} (sealed shard)")
     try:
         index = decode_index(data)
     except RuntimeError as exc:
@@ -145,7 +177,7 @@ def committed_index(data: bytes, record: ShardRecord, dim: int) -> tuple[faiss.I
     if index.ntotal < record.vectors:
         raise StateError(f"{record.name}: {index.ntotal} vectors, {record.vectors} committed")
     kept = encode_index(index_vectors(index)[: record.vectors], dim)
-    if sha256_hex(kept) != record.sha256:
+    if not record.index_matches(kept):
         raise StateError(f"{record.name}: committed part differs from the commit's sha256")
     return decode_index(kept), True
 
@@ -155,9 +187,9 @@ def committed_ids(
 ) -> tuple[list[ProductId], bool]:
     """The committed ids of an id-map file; `exact` as for committed_vectors."""
     if exact is None:
-        exact = sha256_hex(data) == record.id_map_sha256
+        exact = record.id_map_matches(data)
     if not exact and record.sealed:
-        raise StateError(f"{record.id_map}: sha256 differs from the one committed (sealed shard)")
+        raise StateError(f"{record.id_map}: {DIFFERS} (sealed shard)")
     try:
         ids = decode_ids(data)
     except ValueError as exc:
@@ -165,6 +197,6 @@ def committed_ids(
     if exact:
         return ids, False
     kept = ids[: record.vectors]
-    if len(ids) < record.vectors or sha256_hex(encode_ids(kept)) != record.id_map_sha256:
+    if len(ids) < record.vectors or not record.id_map_matches(encode_ids(kept)):
         raise StateError(f"{record.id_map}: committed part differs from the commit's sha256")
     return kept, True

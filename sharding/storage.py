@@ -26,6 +26,16 @@ class Storage(Protocol):
     def describe(self) -> str: ...
 
 
+@runtime_checkable
+class ReadsInto(Protocol):
+    """A store that can read an object straight into the caller's memory (local files)."""
+
+    def read_exact_into(self, name: str, buffers: Sequence[memoryview]) -> bool:
+        """Fill byte `buffers`, in order, with the object's bytes if its size is exactly their
+        total size; False otherwise. ObjectNotFound if there is no such object."""
+        ...
+
+
 class MemoryStore:
     """An in-process store with the same answers as the real ones (tests, benchmarks)."""
 

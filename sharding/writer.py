@@ -19,6 +19,7 @@ from sharding.codec import (
     encode_index,
     sha256_hex,
     shard_capacity,
+    xxh3_hex,
 )
 from sharding.errors import ResumeRefused, StateError
 from sharding.progress import (
@@ -34,7 +35,14 @@ from sharding.progress import (
     SegmentRef,
     ShardRecord,
 )
-from sharding.state import get_verified, list_failures, load_shard, read_progress, shard_records
+from sharding.state import (
+    get_verified_id_map,
+    get_verified_index,
+    list_failures,
+    load_shard,
+    read_progress,
+    shard_records,
+)
 from sharding.storage import CrashingStorage, Storage
 
 _KIND_NAME = re.compile(r"^[a-z][a-z_]*$")
@@ -130,6 +138,8 @@ class _Shard:
             vectors=len(self.ids),
             sha256=sha256_hex(index_bytes),
             id_map_sha256=sha256_hex(id_bytes),
+            xxh3=xxh3_hex(index_bytes),
+            id_map_xxh3=xxh3_hex(id_bytes),
             sealed=sealed,
         )
 
@@ -491,7 +501,6 @@ def check_resume(progress: Progress, config: BuildConfig, where: str) -> None:
         "model": (progress.model, config.model),
         "shard_max_vectors": (progress.shard_max_vectors, config.shard_max_vectors),
         "shard_max_bytes": (progress.shard_max_bytes, config.shard_max_bytes),
-        "format_version": (progress.format_version, FORMAT_VERSION),
     }
     for kind, dim in config.dims.items():
         if kind in progress.kinds:
@@ -527,8 +536,8 @@ def verify_committed(
             raise StateError(f"{missing[0]} is named by {names.PROGRESS} but missing{more}")
 
         def verify(record: ShardRecord) -> None:
-            get_verified(storage, record.name, record.sha256)
-            get_verified(storage, record.id_map, record.id_map_sha256)
+            get_verified_index(storage, record)
+            get_verified_id_map(storage, record)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(verify, [r for r in records if r.sealed]))
@@ -625,7 +634,7 @@ def _all_ids(storage: Storage, progress: Progress, kind: str, workers: int = 8) 
     records = shard_records(storage, progress, kind)
 
     def read(record: ShardRecord) -> list[ProductId]:
-        return decode_ids(get_verified(storage, record.id_map, record.id_map_sha256))
+        return decode_ids(get_verified_id_map(storage, record))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return [pid for ids in pool.map(read, records) for pid in ids]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
-from sharding import LocalStore, StateError, load_index
+from sharding import LocalStore, RollupLimits, StateError, load_index
 from sharding.storage import CountingStorage
 from tests.sharding.builds import Catalog, run_build, unit_vector
 
@@ -80,3 +81,77 @@ def test_loaded_vectors_equal_faiss_own_decoding_of_every_shard(built: LocalStor
     ]
     expected = np.vstack([d.reconstruct_n(0, d.ntotal) for d in decoded if d.ntotal])
     np.testing.assert_array_equal(index.vectors, expected)
+
+
+class _NoBytesForIndexes(LocalStore):
+    """A local store that fails the test if an index object is read into a bytes copy."""
+
+    def get(self, name: str) -> bytes:
+        assert not name.startswith("clip_"), f"{name} was copied through get()"
+        return super().get(name)
+
+
+def test_a_local_store_is_read_straight_into_the_result_array(built: LocalStore) -> None:
+    direct = load_index(_NoBytesForIndexes(built.root), "color")
+    np.testing.assert_array_equal(
+        direct.vectors, load_index(CountingStorage(built), "color").vectors
+    )
+
+
+def test_an_uncommitted_tail_on_the_open_shard_is_left_out(built: LocalStore) -> None:
+    committed = load_index(built, "color")
+    open_shard = next(r for r in committed.progress.kinds["color"].shards if not r.sealed)
+    # What a run that died between writing the open shard and progress.json leaves behind:
+    path = built.root / open_shard.name
+    index = faiss.read_index(str(path))
+    index.add(unit_vector(999, 4)[None, :])
+    faiss.write_index(index, str(path))
+    (built.root / open_shard.id_map).write_text(
+        json.dumps([*committed.ids[-index.ntotal + 1 :], 999])
+    )
+    again = load_index(built, "color")
+    assert again.ids == committed.ids
+    np.testing.assert_array_equal(again.vectors, committed.vectors)
+
+
+def _as_format_1(store: LocalStore) -> None:
+    """Rewrite progress.json as the first release wrote it: sha256 only, format 1."""
+    progress = json.loads((store.root / "progress.json").read_text())
+    assert not any(kind["segments"] for kind in progress["kinds"].values()), "records all inline"
+    progress["format_version"] = 1
+    for kind in progress["kinds"].values():
+        for record in kind["shards"]:
+            del record["xxh3"], record["id_map_xxh3"]
+    (store.root / "progress.json").write_text(json.dumps(progress))
+
+
+def test_a_format_1_store_is_verified_by_sha256_and_resumed_as_format_2(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    inline = RollupLimits(segment_shards=100, failure_chunk=100)
+    run_build(store, catalog=Catalog(n=30), rollup=inline)
+    expected = load_index(store, "color")
+    _as_format_1(store)
+    old = load_index(store, "color")
+    assert old.progress.format_version == 1 and old.ids == expected.ids
+    np.testing.assert_array_equal(old.vectors, expected.vectors)
+
+    shard = store.root / "clip_color_shard_00001.index"
+    pristine = shard.read_bytes()
+    shard.write_bytes(pristine[:-1] + bytes([pristine[-1] ^ 1]))
+    with pytest.raises(StateError, match=r"clip_color_shard_00001\.index"):
+        load_index(store, "color")
+    shard.write_bytes(pristine)
+
+    run_build(store, catalog=Catalog(n=47), rollup=inline, run_id="resumed")
+    resumed = load_index(store, "color")
+    assert resumed.progress.format_version == 2 and resumed.ids == Catalog(n=47).indexed()
+    records = resumed.progress.kinds["color"].shards
+    assert records[0].xxh3 is None and records[-1].xxh3 is not None
+
+
+def test_a_store_of_a_newer_format_is_refused_by_name(built: LocalStore) -> None:
+    progress = json.loads((built.root / "progress.json").read_text())
+    progress["format_version"] = 99
+    (built.root / "progress.json").write_text(json.dumps(progress))
+    with pytest.raises(StateError, match="format 99; this faiss-builder reads formats 1, 2"):
+        load_index(built, "color")

@@ -49,3 +49,15 @@ def test_a_failed_write_never_leaves_a_half_file(
 def test_names_cannot_escape_the_root(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         LocalStore(tmp_path).put("../outside.json", b"x")
+
+
+def test_read_exact_into_fills_buffers_only_for_the_exact_size(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put("a.bin", bytes(range(200)))
+    head, body = bytearray(7), bytearray(193)
+    assert store.read_exact_into("a.bin", [memoryview(head), memoryview(body)])
+    assert bytes(head + body) == bytes(range(200))
+    assert not store.read_exact_into("a.bin", [memoryview(bytearray(199))])
+    assert not store.read_exact_into("a.bin", [memoryview(bytearray(201))])
+    with pytest.raises(ObjectNotFound, match=r"missing\.bin"):
+        store.read_exact_into("missing.bin", [memoryview(bytearray(1))])
