@@ -113,7 +113,7 @@ def run_flow(
 
     with zero_cost_backend(), timer() as elapsed:
         summary = build_index(
-            kinds=list(kinds),  # type: ignore[arg-type]
+            kinds=list(kinds),  # type: ignore[arg-type,call-overload]
             batch_size=batch_size,
             store=str(store),
             catalog=str(catalog),

@@ -30,6 +30,7 @@ import numpy as np
 
 from bench._common import emit, timer
 from sharding import BuildConfig, EmbeddedBatch, IndexWriter
+from sharding.codec import ProductId
 from sharding.loader import load_index
 from sharding.local_store import LocalStore
 
@@ -56,7 +57,7 @@ def build_store(root: Path, vectors: int, dim: int) -> np.ndarray:
     for start in range(0, vectors, BATCH):
         block = unit_rows(rng, min(BATCH, vectors - start), dim)
         everything[start : start + len(block)] = block
-        ids = list(range(start + 1, start + len(block) + 1))
+        ids: list[ProductId] = list(range(start + 1, start + len(block) + 1))
         writer.add_batch(EmbeddedBatch(ids, ["b"] * len(ids), {"color": block}, last_id=ids[-1]))
         writer.commit()
     writer.finish()
@@ -78,7 +79,7 @@ def read_into_memory_seconds(root: Path, workers: int) -> tuple[float, int]:
     sizes = [p.stat().st_size for p in files]
     offsets = np.cumsum([0, *sizes[:-1]]).tolist()
     with timer() as t:
-        buffer = memoryview(np.empty(sum(sizes), dtype=np.uint8)).cast("B")
+        buffer = np.empty(sum(sizes), dtype=np.uint8).data
 
         def read(path: Path, offset: int, size: int) -> None:
             with open(path, "rb", buffering=0) as handle:
