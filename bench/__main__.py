@@ -51,8 +51,12 @@ def _embed_rows(r: dict[str, Any]) -> list[Row]:
         f"image ({r['b_pipeline_images_per_s']} img/s vs raw {r['a_raw_forward_images_per_s']} img/s, "
         f"{r['precision']})"
     )
-    ok = r["ratio_per_forward_b_over_a"] >= 0.90
-    return [(f"2 end-to-end / raw forward ({r['precision']})", measured, ">= 0.90", ok)]
+    serial = r["serial_cpu_ratio_per_forward"]
+    measured += f"; {serial:.2f} if preparation and forward took turns on the CPU"
+    label = f"2 end-to-end / raw forward ({r['precision']})"
+    if r["precision"] != "fp32":  # the goal is judged at the default precision (CPU: fp32)
+        return [(label, measured, "reported", None)]
+    return [(label, measured, ">= 0.90", r["ratio_per_forward_b_over_a"] >= 0.90)]
 
 
 def _checkpoint_rows(r: dict[str, Any]) -> list[Row]:
