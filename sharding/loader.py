@@ -176,8 +176,8 @@ class _ShardSource:
         writes, or not exactly the committed bytes; the caller then takes the general path,
         which trims an uncommitted tail or names what is wrong.
         """
-        if not flat_ip_layout_holds():
-            return False
+        if record.vectors == 0 or not flat_ip_layout_holds():
+            return False  # nothing to read into (and a zero-size view cannot be cast to bytes)
         header = flat_ip_header(dim, record.vectors)
         head = bytearray(len(header))
         buffers = [memoryview(head), out.data.cast("B")]

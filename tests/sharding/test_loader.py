@@ -155,3 +155,27 @@ def test_a_store_of_a_newer_format_is_refused_by_name(built: LocalStore) -> None
     (built.root / "progress.json").write_text(json.dumps(progress))
     with pytest.raises(StateError, match="format 99; this faiss-builder reads formats 1, 2"):
         load_index(built, "color")
+
+
+def test_a_committed_empty_shard_loads_as_no_vectors(tmp_path: Path) -> None:
+    from sharding.codec import encode_ids, encode_index, sha256_hex, xxh3_hex
+    from sharding.loader import _load_shard_into, _ShardSource
+    from sharding.progress import ShardRecord
+
+    store = LocalStore(tmp_path)
+    index, ids = encode_index(np.zeros((0, 4), np.float32), 4), encode_ids([])
+    store.put("clip_color_shard_00001.index", index)
+    store.put("id_map_color_shard_00001.json", ids)
+    record = ShardRecord(
+        number=1,
+        name="clip_color_shard_00001.index",
+        id_map="id_map_color_shard_00001.json",
+        vectors=0,
+        sha256=sha256_hex(index),
+        id_map_sha256=sha256_hex(ids),
+        xxh3=xxh3_hex(index),
+        id_map_xxh3=xxh3_hex(ids),
+        sealed=False,
+    )
+    out = np.empty((3, 4), np.float32)[3:]
+    assert _load_shard_into(_ShardSource(store, None, False), record, 4, out) == []
