@@ -15,7 +15,8 @@ Layout (flat, under the store prefix; names are a contract, see DESIGN.md §2):
 
 A reader trusts nothing progress.json does not name: an open shard that a crashed run
 overwrote is truncated back to its committed count (and must then match the committed checksum:
-XXH3-128, or sha256 in format 1 records); higher-numbered leftovers are ignored and later overwritten or removed.
+XXH3-128, or sha256 in format 1 records); higher-numbered leftovers are ignored and later
+overwritten or removed.
 """
 
 from sharding.checks import AlignmentReport, Problem, check_store

@@ -204,10 +204,11 @@ def _checked_vectors(
             Problem(kind, "dimension", f"{record.name}: dimension {index.d}, committed {dim}")
         )
         return None
-    if sha256_hex(data) == record.sha256 and record.index_matches(data):  # both digests audited
+    exact = record.index_matches(data)
+    if exact and sha256_hex(data) == record.sha256:  # both digests audited
         return index_vectors(index)
     try:
-        index, _ = committed_index(data, record, dim)
+        index, _ = committed_index(data, record, dim, exact=exact)
     except StateError as exc:
         result.problems.append(Problem(kind, "sha256_mismatch", str(exc)))
         return None

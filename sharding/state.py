@@ -60,31 +60,17 @@ def require_progress(storage: Storage) -> Progress:
 DIFFERS = f"bytes differ from the ones committed in {names.PROGRESS}"
 
 
-def get_verified(storage: Storage, name: str, sha256: str) -> bytes:
-    """An object's bytes, refused unless they hash to what the commit recorded."""
-    try:
-        data = storage.get(name)
-    except ObjectNotFound as exc:
-        raise StateError(f"{name} is named by {names.PROGRESS} but missing") from exc
-    if sha256_hex(data) != sha256:
-        raise StateError(f"{name}: sha256 differs from the one committed in {names.PROGRESS}")
+def get_verified(storage: Storage, name: str, matches: Callable[[bytes], bool]) -> bytes:
+    """An object's bytes, refused unless `matches` says they are the committed ones."""
+    data = fetch_committed(storage.get, name)
+    if not matches(data):
+        raise StateError(f"{name}: {DIFFERS}")
     return data
 
 
-def get_verified_index(storage: Storage, record: ShardRecord) -> bytes:
-    """A committed shard's index bytes, refused unless they match the commit exactly."""
-    data = fetch_committed(storage.get, record.name)
-    if not record.index_matches(data):
-        raise StateError(f"{record.name}: {DIFFERS}")
-    return data
-
-
-def get_verified_id_map(storage: Storage, record: ShardRecord) -> bytes:
-    """A committed shard's id-map bytes, refused unless they match the commit exactly."""
-    data = fetch_committed(storage.get, record.id_map)
-    if not record.id_map_matches(data):
-        raise StateError(f"{record.id_map}: {DIFFERS}")
-    return data
+def sha256_is(sha256: str) -> Callable[[bytes], bool]:
+    """A `matches` for objects committed by sha256 only (manifest segments, failure chunks)."""
+    return lambda data: sha256_hex(data) == sha256
 
 
 def shard_records(storage: Storage, progress: Progress, kind: str) -> list[ShardRecord]:
@@ -94,7 +80,9 @@ def shard_records(storage: Storage, progress: Progress, kind: str) -> list[Shard
         raise StateError(f"kind {kind!r} was never committed to {storage.describe()}")
     records: list[ShardRecord] = []
     for ref in kp.segments:
-        segment = ManifestSegment.model_validate_json(get_verified(storage, ref.name, ref.sha256))
+        segment = ManifestSegment.model_validate_json(
+            get_verified(storage, ref.name, sha256_is(ref.sha256))
+        )
         records.extend(segment.shards)
     return records + list(kp.shards)
 
@@ -106,7 +94,9 @@ def list_failures(storage: Storage, progress: Progress | None = None) -> list[Fa
         return []
     failures: list[FailureRecord] = []
     for ref in progress.failures.chunks:
-        chunk = FailureChunk.model_validate_json(get_verified(storage, ref.name, ref.sha256))
+        chunk = FailureChunk.model_validate_json(
+            get_verified(storage, ref.name, sha256_is(ref.sha256))
+        )
         failures.extend(chunk.failures)
     return failures + list(progress.failures.recent)
 
@@ -156,14 +146,18 @@ def committed_vectors(
         view = flat_ip_vectors(data, dim, record.vectors)
         if view is not None:
             return view, False
-    index, trimmed = committed_index(data, record, dim)
+    index, trimmed = committed_index(data, record, dim, exact=exact)
     if index.ntotal != record.vectors:
         raise StateError(f"{record.name}: {index.ntotal} vectors, {record.vectors} committed")
     return index_vectors(index), trimmed
 
 
-def committed_index(data: bytes, record: ShardRecord, dim: int) -> tuple[faiss.Index, bool]:
-    exact = record.index_matches(data)
+def committed_index(
+    data: bytes, record: ShardRecord, dim: int, *, exact: bool | None = None
+) -> tuple[faiss.Index, bool]:
+    """The committed index of a shard file, an uncommitted tail cut off; `exact` as above."""
+    if exact is None:
+        exact = record.index_matches(data)
     if not exact and record.sealed:
         raise StateError(f"{record.name}: {DIFFERS} (sealed shard)")
     try:
@@ -178,7 +172,7 @@ def committed_index(data: bytes, record: ShardRecord, dim: int) -> tuple[faiss.I
         raise StateError(f"{record.name}: {index.ntotal} vectors, {record.vectors} committed")
     kept = encode_index(index_vectors(index)[: record.vectors], dim)
     if not record.index_matches(kept):
-        raise StateError(f"{record.name}: committed part differs from the commit's sha256")
+        raise StateError(f"{record.name}: committed part differs from the commit's checksum")
     return decode_index(kept), True
 
 
@@ -198,5 +192,5 @@ def committed_ids(
         return ids, False
     kept = ids[: record.vectors]
     if len(ids) < record.vectors or not record.id_map_matches(encode_ids(kept)):
-        raise StateError(f"{record.id_map}: committed part differs from the commit's sha256")
+        raise StateError(f"{record.id_map}: committed part differs from the commit's checksum")
     return kept, True

@@ -36,8 +36,7 @@ from sharding.progress import (
     ShardRecord,
 )
 from sharding.state import (
-    get_verified_id_map,
-    get_verified_index,
+    get_verified,
     list_failures,
     load_shard,
     read_progress,
@@ -536,8 +535,8 @@ def verify_committed(
             raise StateError(f"{missing[0]} is named by {names.PROGRESS} but missing{more}")
 
         def verify(record: ShardRecord) -> None:
-            get_verified_index(storage, record)
-            get_verified_id_map(storage, record)
+            get_verified(storage, record.name, record.index_matches)
+            get_verified(storage, record.id_map, record.id_map_matches)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(verify, [r for r in records if r.sealed]))
@@ -634,7 +633,7 @@ def _all_ids(storage: Storage, progress: Progress, kind: str, workers: int = 8) 
     records = shard_records(storage, progress, kind)
 
     def read(record: ShardRecord) -> list[ProductId]:
-        return decode_ids(get_verified_id_map(storage, record))
+        return decode_ids(get_verified(storage, record.id_map, record.id_map_matches))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return [pid for ids in pool.map(read, records) for pid in ids]
