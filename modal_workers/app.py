@@ -13,8 +13,10 @@ from typing import Any
 
 import modal
 
-APP_NAME = "modal-faiss-builder"
-CLS_NAME = "Embedder"
+from modal_workers.names import APP_NAME, CLS_NAME, HF_CACHE_VOLUME
+
+__all__ = ["APP_NAME", "CLS_NAME", "Embedder", "app", "describe_engine"]
+
 CACHE_DIR = "/cache"
 MINUTES = 60
 
@@ -45,7 +47,7 @@ image = (
 )
 
 # Weights are downloaded once into this volume and reused by every container after that.
-hf_cache = modal.Volume.from_name(f"{APP_NAME}-hf-cache", create_if_missing=True)
+hf_cache = modal.Volume.from_name(HF_CACHE_VOLUME, create_if_missing=True)
 
 app = modal.App(APP_NAME)
 
@@ -91,7 +93,8 @@ class Embedder:
 
 
 def describe_engine(engine: ImageEmbedder) -> dict[str, Any]:
-    return {"embedder": engine.name, "model": engine.model_id, "dims": dict(engine.dims)}
+    """{"embedder", "model", "dims", "model_digest"} of the loaded engine (see embedder.py)."""
+    return engine.describe()
 
 
 @app.local_entrypoint()

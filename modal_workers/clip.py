@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from transformers import CLIPModel
 
-from modal_workers.embedders import EmbedderLoadError, SquareCropEmbedder
+from modal_workers.embedder import EmbedderLoadError, SquareCropEmbedder
+from modal_workers.identity import model_digest
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -17,6 +18,13 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 # CPU: 32 per forward, measured side by side (bench.embed_throughput): 64 (two views of 32)
 # ran 0.76 of the raw forward per forward, 32 ran 0.90 (a GPU batches both views in one forward).
 MAX_FORWARD_BATCH = {"cpu": 32, "cuda": 256}
+# Images per embed_views call (the pipeline's batch): each image gives up to two views, so on a
+# GPU 128 images fill one 256-image forward; on CPU 32 keeps the measured best forward size.
+PIPELINE_BATCH = {"cpu": 32, "cuda": 128}
+
+
+def device_kind(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 class ClipEmbedder(SquareCropEmbedder):
@@ -32,6 +40,8 @@ class ClipEmbedder(SquareCropEmbedder):
         # fp32 on CPU keeps vectors exact; fp16 on GPU (A10G tensor cores). bf16 on CPU is opt-in.
         self.dtype = PRECISIONS[precision or ("fp16" if self.device.startswith("cuda") else "fp32")]
         self.model = load_clip_model(model_id, self.device, self.dtype)
+        self.model_digest = model_digest(model_id)
+        self.forward_batch = PIPELINE_BATCH[device_kind(self.device)]
         self.configure_preprocessing(read_preprocessor_config(model_id))
         dim = int(self.model.config.projection_dim or 0)
         self.dims = {"color": dim, "structure": dim, "combined": 2 * dim}
@@ -60,7 +70,7 @@ class ClipEmbedder(SquareCropEmbedder):
         return {v: vectors[bounds[i] : bounds[i + 1]] for i, v in enumerate(views)}
 
     def forward_uint8(self, pixels: np.ndarray) -> np.ndarray:
-        step = MAX_FORWARD_BATCH["cuda" if self.device.startswith("cuda") else "cpu"]
+        step = MAX_FORWARD_BATCH[device_kind(self.device)]
         parts = [self.forward_chunk(pixels[i : i + step]) for i in range(0, len(pixels), step)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dims["color"]), np.float32)
 

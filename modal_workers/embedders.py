@@ -1,81 +1,60 @@
-"""The embedder interface, its shared batch logic, and load_embedder (CLIP imported lazily)."""
+"""The embedder factory: a registry of name -> loader; each loader imports its embedder lazily.
+
+The interface lives in modal_workers.embedder; its names are re-exported here so that
+`from modal_workers.embedders import load_embedder, EmbedderLoadError, ImageEmbedder` keeps working.
+To add an embedder: write a module whose class implements ImageEmbedder (subclass
+SquareCropEmbedder for the shared crop/views), then add one loader to LOADERS below.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
 
-import numpy as np
-from PIL import Image
+from modal_workers.embedder import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_FORWARD_BATCH,
+    EmbedderLoadError,
+    ImageEmbedder,
+    SquareCropEmbedder,
+    describe_embedder,
+)
 
-from modal_workers.types import check_kinds, views_for
-from modal_workers.views import assemble_kinds, make_views, square_crop
+__all__ = [
+    "DEFAULT_CLIP_MODEL",
+    "DEFAULT_FORWARD_BATCH",
+    "EMBEDDER_NAMES",
+    "LOADERS",
+    "EmbedderLoadError",
+    "ImageEmbedder",
+    "SquareCropEmbedder",
+    "describe_embedder",
+    "load_embedder",
+]
 
-DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
-EMBEDDER_NAMES = ("clip", "histogram")
-
-
-class EmbedderLoadError(RuntimeError):
-    """The embedder cannot be built (weights missing offline, bad path, unknown name)."""
-
-
-@runtime_checkable
-class ImageEmbedder(Protocol):
-    """Decoded images + kinds -> float32 L2-normalised vectors per kind.
-
-    `prepare` (per image, thread-safe, CPU) and `embed_views` (per batch) are the two halves of
-    `embed`, split so the pipeline can prepare batch n+1 in threads while batch n runs the model.
-    """
-
-    name: str
-    model_id: str
-    dims: dict[str, int]
-    decode_edge: int  # decoders may reduce images down to this shortest edge
-
-    def prepare(self, image: Image.Image, views: Sequence[str]) -> dict[str, np.ndarray]: ...
-
-    def embed_views(self, batches: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-    def embed(
-        self, images: Sequence[Image.Image], kinds: Sequence[str]
-    ) -> dict[str, np.ndarray]: ...
+Loader = Callable[[str | None, str | None, str | None], ImageEmbedder]
 
 
-class SquareCropEmbedder:
-    """Shared part: CLIP-style resize + centre crop, the views, and kind assembly."""
+def _load_histogram(model: str | None, device: str | None, precision: str | None) -> ImageEmbedder:
+    from modal_workers.histogram import HistogramEmbedder  # weight-free: model/device unused
 
-    name: str
-    model_id: str
-    dims: dict[str, int]
-    decode_edge: int
-    crop: tuple[int, int]
-    resample: int = Image.Resampling.BICUBIC
+    return HistogramEmbedder()
 
-    def prepare(self, image: Image.Image, views: Sequence[str]) -> dict[str, np.ndarray]:
-        rgb = square_crop(image, self.decode_edge, self.crop, self.resample)
-        return make_views(rgb, views)
 
-    def embed_views(self, batches: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+def _load_clip(model: str | None, device: str | None, precision: str | None) -> ImageEmbedder:
+    from modal_workers.clip import ClipEmbedder  # torch is imported here, not before
 
-    def embed(self, images: Sequence[Image.Image], kinds: Sequence[str]) -> dict[str, np.ndarray]:
-        kinds = check_kinds(kinds)
-        views = views_for(kinds)
-        prepared = [self.prepare(image, views) for image in images]
-        batches = {view: np.stack([p[view] for p in prepared]) for view in views}
-        return assemble_kinds(self.embed_views(batches), kinds)
+    return ClipEmbedder(model or DEFAULT_CLIP_MODEL, device=device, precision=precision)
+
+
+LOADERS: dict[str, Loader] = {"clip": _load_clip, "histogram": _load_histogram}
+EMBEDDER_NAMES = tuple(LOADERS)
 
 
 def load_embedder(
     name: str, model: str | None = None, device: str | None = None, precision: str | None = None
 ) -> ImageEmbedder:
     """Build an embedder by name: "clip" (model id or local folder) or "histogram" (weight-free)."""
-    if name == "histogram":
-        from modal_workers.histogram import HistogramEmbedder
-
-        return HistogramEmbedder()
-    if name == "clip":
-        from modal_workers.clip import ClipEmbedder  # torch is imported here, not before
-
-        return ClipEmbedder(model or DEFAULT_CLIP_MODEL, device=device, precision=precision)
-    raise EmbedderLoadError(f"unknown embedder {name!r}; choose one of {EMBEDDER_NAMES}")
+    loader = LOADERS.get(name)
+    if loader is None:
+        raise EmbedderLoadError(f"unknown embedder {name!r}; choose one of {EMBEDDER_NAMES}")
+    return loader(model, device, precision)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from modal_workers.embedders import SquareCropEmbedder
+from modal_workers.embedder import SquareCropEmbedder
 from modal_workers.views import l2_normalise, sobel
 
 VERSION = "histogram-v1"
@@ -43,6 +43,7 @@ class HistogramEmbedder(SquareCropEmbedder):
 
     name = "histogram"
     model_id = VERSION
+    model_digest = VERSION  # weight-free: the algorithm version is the whole identity
     decode_edge = EDGE
     crop = (EDGE, EDGE)
 

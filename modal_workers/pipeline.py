@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 
 from modal_workers.decode import decode_image
-from modal_workers.embedders import ImageEmbedder
+from modal_workers.embedder import ImageEmbedder
 from modal_workers.fetch import fetch_image_bytes, is_http_url, open_client
 from modal_workers.reasons import ImageRefused
 from modal_workers.types import (

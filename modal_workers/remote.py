@@ -6,10 +6,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from modal_workers.names import APP_NAME, CLS_NAME
 from modal_workers.types import EmbedOutput, FetchLimits, ImageRef
 
-APP_NAME = "modal-faiss-builder"
-CLS_NAME = "Embedder"
+__all__ = ["APP_NAME", "CLS_NAME", "ModalEmbedClient", "ModalNotConfigured"]
 SETUP_HINT = (
     "run `modal token new` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET), then deploy the "
     "embedder once with `modal deploy modal_workers/app.py`; or use --backend local"

@@ -43,6 +43,7 @@ def test_describe_local(tiny_clip_dir: Path) -> None:
         "embedder": "histogram",
         "model": "histogram-v1",
         "dims": {"color": 500, "structure": 144, "combined": 644},
+        "model_digest": "histogram-v1",
     }
 
 
