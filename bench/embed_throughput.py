@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from faiss_builder.settings import EmbedSettings
+from application.settings import EmbedSettings
 from modal_workers.clip import ClipEmbedder
 from modal_workers.pipeline import embed_refs
 from modal_workers.types import KINDS, FetchLimits, ImageRef

@@ -5,8 +5,9 @@
 
 The flow is the real `build-index` flow (Prefect ephemeral server, local catalog CSV, local store);
 only the embedding backend is replaced, inside this process, by ZeroCostBackend (deterministic unit
-vectors derived from each product id: no fetch, no decode, no model). It is swapped in by patching
-`tasks.build.open_backend`; that patch lives here in bench/ and nowhere else. The raw side writes
+vectors derived from each product id: no fetch, no decode, no model), registered as the backend
+`bench-zero-cost` with application.connect.register_backend and selected by the flow's `backend`
+parameter. The raw side writes
 the same shards (same sizes, same vectors) with faiss directly: IndexFlatIP add + serialize +
 write the index file and its JSON id map, nothing else.
 """
@@ -17,8 +18,7 @@ import argparse
 import csv
 import json
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -80,17 +80,15 @@ class ZeroCostBackend:
         return EmbedOutput(ids=ids, vectors=kind_vectors(ids, kinds, self.dim), failures=[])
 
 
-@contextmanager
-def zero_cost_backend(dim: int = DIM) -> Iterator[None]:
-    """Make the flow's `open_backend` return a ZeroCostBackend for the duration (bench only)."""
-    import tasks.build
+ZERO_COST_BACKEND = "bench-zero-cost"
 
-    original = tasks.build.open_backend
-    tasks.build.open_backend = lambda settings, embedder, model: ZeroCostBackend(dim)  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        tasks.build.open_backend = original
+
+def register_zero_cost_backend(dim: int = DIM) -> str:
+    """Register ZeroCostBackend for `backend="bench-zero-cost"` in this process; return the name."""
+    from application.backends import register_backend
+
+    register_backend(ZERO_COST_BACKEND, lambda settings, embedder, model: ZeroCostBackend(dim))
+    return ZERO_COST_BACKEND
 
 
 def write_catalog(path: Path, products: int) -> Path:
@@ -111,13 +109,15 @@ def run_flow(
     """Seconds of one build_index call, and its summary."""
     from flows.build_index import build_index
 
-    with zero_cost_backend(), timer() as elapsed:
+    backend = register_zero_cost_backend()
+    with timer() as elapsed:
         summary = build_index(
             kinds=list(kinds),  # type: ignore[arg-type,call-overload]
             batch_size=batch_size,
             store=str(store),
             catalog=str(catalog),
-            embedder="clip",  # replaced by ZeroCostBackend; the flow validates the name only
+            backend=backend,
+            embedder="clip",  # ZeroCostBackend ignores it; the flow validates the name only
         )
     return elapsed[0], summary
 
@@ -157,7 +157,7 @@ def measure(products: int, kinds: Sequence[str], batch_size: int, raw: bool) -> 
     batches = int(summary["batches"])
     report: dict[str, Any] = {
         "bench": "flow_ceiling",
-        "backend": "ZeroCostBackend (patched into tasks.build.open_backend by bench/)",
+        "backend": "ZeroCostBackend (registered as backend bench-zero-cost)",
         "products": products,
         "kinds": list(kinds),
         "dims": {k: (2 * DIM if k == "combined" else DIM) for k in kinds},

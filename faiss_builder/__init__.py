@@ -1,1 +1,1 @@
-"""The edge: settings, catalog sources, the faiss-builder CLI and the demo."""
+"""The command-line edge: the faiss-builder CLI, its rendering and exit codes, the demo, doctor."""

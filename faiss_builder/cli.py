@@ -108,12 +108,12 @@ def check(
 ) -> None:
     """Prove index and id maps agree; exit 0 only when aligned."""
     with _errors_to_exit_codes():
-        from faiss_builder.runner import run_check
+        from application.verify import run_alignment_check
 
         settings = _settings(
             store=store, catalog=catalog, kinds=kinds, allow_private_urls=allow_private_urls
         )
-        outcome = run_check(
+        outcome = run_alignment_check(
             settings,
             sample=sample,
             kinds=list(settings.embed.kinds) if kinds else None,
@@ -140,10 +140,10 @@ def search(
     with _errors_to_exit_codes():
         if (image is None) == (product_id is None):
             raise errors.UsageError("give exactly one of --image or --id")
-        from faiss_builder.runner import run_search
+        from application.queries import search_store
 
         settings = _settings(store=store, catalog=catalog, allow_private_urls=allow_private_urls)
-        result = run_search(settings, kind=kind, k=k, image=image, product_id=product_id)
+        result = search_store(settings, kind=kind, k=k, image=image, product_id=product_id)
         _emit(result, as_json, _render_search)
 
 
@@ -155,9 +155,9 @@ def status(
 ) -> None:
     """What the store holds: vectors and shards per kind, cursor, failures."""
     with _errors_to_exit_codes():
-        from faiss_builder.runner import run_status
+        from application.queries import store_status
 
-        result = run_status(_settings(store=store), include_failures=failed)
+        result = store_status(_settings(store=store), include_failures=failed)
         _emit(result, as_json, _render_status)
 
 
@@ -170,7 +170,7 @@ def doctor(
 ) -> None:
     """Check configuration and connectivity without writing anything."""
     with _errors_to_exit_codes():
-        from faiss_builder.runner import run_doctor
+        from faiss_builder.doctor import run_doctor
 
         result = run_doctor(_settings(store=store, catalog=catalog, backend=backend))
         _emit(result, as_json, _render_doctor)
@@ -192,7 +192,7 @@ def demo(
 
 
 def _settings(**overrides: Any) -> Any:
-    from faiss_builder.settings import load_settings
+    from application.settings import load_settings
 
     return load_settings(**overrides)
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from application.settings import load_settings
 from faiss_builder.errors import UsageError
-from faiss_builder.settings import DEFAULT_CLIP_MODEL, load_settings
+from modal_workers.embedders import DEFAULT_CLIP_MODEL
 
 MARKER = ".faiss-builder-demo"
 #: scikit-image ships these photographs inside the package: no download needed.
@@ -31,7 +32,9 @@ Echo = Callable[[str], None]
 
 def run_demo(folder: Path, *, products: int, embedder: str, echo: Echo) -> None:
     """Generate the catalog, build all three kinds, run the alignment check, search one image."""
-    from faiss_builder.runner import run_build, run_check, run_search
+    from application.queries import search_store
+    from application.verify import run_alignment_check
+    from faiss_builder.runner import run_build
 
     started = time.monotonic()
     _prepare_folder(folder)
@@ -52,9 +55,9 @@ def run_demo(folder: Path, *, products: int, embedder: str, echo: Echo) -> None:
         f"built vectors: {vectors} with {summary['embedder']} ({summary['model']}); "
         f"{summary['failed']} failed; {summary['images_per_s']} images/s"
     )
-    outcome = run_check(settings, sample=8, kinds=None)
+    outcome = run_alignment_check(settings, sample=8, kinds=None)
     echo(outcome["text"].splitlines()[0])
-    result = run_search(settings, kind="color", k=5, image=str(query), product_id=None)
+    result = search_store(settings, kind="color", k=5, image=str(query), product_id=None)
     echo(f"search: products most like {query.name} ({result['embedder']}):")
     for rank, hit in enumerate(result["hits"], start=1):
         echo(

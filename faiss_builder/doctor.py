@@ -13,6 +13,9 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from application.connect import open_catalog, open_storage
+from application.settings import Settings
+
 MODAL_CONFIG = Path("~/.modal.toml")
 
 
@@ -127,7 +130,7 @@ def jwt_role(token: str) -> str | None:
 
 
 def _table_detail(client: Any, target: SupabaseTarget) -> str:
-    from faiss_builder.catalog.supabase import SupabaseCatalog
+    from application.catalog.supabase import SupabaseCatalog
 
     columns = (target.id_column, target.url_column, target.brand_column)
     SupabaseCatalog(client, target.table, *columns).page(None, 1)  # proves table, columns, grants
@@ -186,3 +189,55 @@ def check_prefect(api_url: str, api_key: SecretStr | None, timeout_s: float) -> 
         return CheckResult("prefect api", False, f"{endpoint}: {type(error).__name__}")
     detail = f"{endpoint} answered HTTP {response.status_code}"
     return CheckResult("prefect api", response.is_success, detail)
+
+
+def run_doctor(settings: Settings) -> dict[str, Any]:
+    """Connectivity and configuration checks that write nothing."""
+    import os
+
+    from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
+
+    api_key = PREFECT_API_KEY.value()
+    checks = run_checks(
+        _supabase_target(settings),
+        backend=settings.embed.backend,
+        prefect_api_url=PREFECT_API_URL.value() or None,
+        prefect_api_key=SecretStr(api_key) if api_key else None,
+        environ=os.environ,
+        timeout_s=min(settings.supabase.timeout_s, 10.0),
+    )
+    checks.insert(0, _config_check(settings))
+    return {
+        "ok": all(check.ok for check in checks),
+        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+    }
+
+
+def _supabase_target(settings: Settings) -> Any:
+    """What doctor checks on Supabase: only when the catalog or the store lives there."""
+    uses_table = settings.catalog.catalog == "supabase"
+    uses_bucket = settings.store.store == "supabase"
+    if not (uses_table or uses_bucket):
+        return None
+    catalog = settings.catalog
+    buckets = [settings.supabase.bucket] if uses_bucket else []
+    buckets += [catalog.image_bucket] if catalog.image_bucket else []
+    return SupabaseTarget(
+        url=settings.supabase.url,
+        key=settings.supabase.key,
+        table=catalog.catalog_table,
+        id_column=catalog.catalog_id_column,
+        url_column=catalog.catalog_url_column,
+        brand_column=catalog.catalog_brand_column,
+        buckets=buckets,
+    )
+
+
+def _config_check(settings: Settings) -> Any:
+    """The local side: where the catalog and the store are, and whether they can be opened."""
+    try:
+        catalog = open_catalog(settings).describe()
+        store = open_storage(settings).describe()
+    except Exception as exc:
+        return CheckResult("configuration", False, " ".join(str(exc).split()))
+    return CheckResult("configuration", True, f"{catalog} -> {store}")

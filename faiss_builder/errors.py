@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from application.errors import UsageError
+
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # the alignment check (or doctor) found a problem
 EXIT_CONFIG = 2  # bad configuration or usage: nothing was written
@@ -9,9 +11,7 @@ EXIT_STORAGE = 3  # storage unreachable or refusing our credentials
 EXIT_STATE = 4  # resume refused or corrupted store state: nothing was overwritten
 EXIT_BUSY = 5  # another run holds the store's lease
 
-
-class UsageError(ValueError):
-    """Flags that do not make sense together."""
+__all__ = ["UsageError", "describe"]
 
 
 def describe(exc: BaseException) -> tuple[int | None, str]:
@@ -26,8 +26,8 @@ def _table() -> list[tuple[tuple[type[BaseException], ...], int]]:
     # Imported here: the CLI's first output must not wait for heavy modules.
     from pydantic import ValidationError
 
-    from faiss_builder.catalog.local import CatalogError
-    from faiss_builder.connect import ConfigError
+    from application.catalog.local import CatalogError
+    from application.errors import ConfigError
     from modal_workers.embedders import EmbedderLoadError
     from modal_workers.remote import ModalNotConfigured
     from sharding.errors import LeaseHeld, LeaseLost, StateError, StorageError

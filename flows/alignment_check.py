@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from faiss_builder.settings import Backend, Kind, load_settings
-from faiss_builder.verify import DEFAULT_SELF_SIMILARITY
+from application.settings import Backend, Kind, load_settings
+from application.verify import DEFAULT_SELF_SIMILARITY
 from tasks.check import check_sample_task, check_store_task, publish_check_report
 
 

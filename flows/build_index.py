@@ -11,8 +11,8 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from faiss_builder.catalog.base import Product
-from faiss_builder.settings import Backend, EmbedderName, Kind, load_settings
+from application.catalog.base import Product
+from application.settings import Backend, EmbedderName, Kind, load_settings
 from tasks import progress_events
 from tasks.artifacts import publish_summary, report_progress, start_progress
 from tasks.build import (
@@ -96,15 +96,13 @@ def _run_batches(session: BuildSession, batch_size: int, max_in_flight: int) -> 
     total = count_pending(_unvisited(session))
     progress_events.publish("start", total=total)
     in_flight: InFlight = deque()
-    after = session.writer.resume_after()
+    after = session.resume_after()
     while limit := session.room_left(batch_size, _queued(in_flight)):
-        products = fetch_page(session.catalog, after, limit)
+        products = fetch_page(_unvisited(session), after, limit)
         if not products:
             break
         after = products[-1].id
-        future = embed_batch.submit(
-            _unvisited(session.backend), _unvisited(products), session.kinds, session.limits
-        )
+        future = embed_batch.submit(_unvisited(session), _unvisited(products))
         in_flight.append((products, future))
         if len(in_flight) >= max_in_flight:
             _write_oldest(session, in_flight, artifact, total)
@@ -116,12 +114,10 @@ def _retry_failures(session: BuildSession, batch_size: int) -> None:
     """Recorded failures, batch by batch: fetch as the catalog has them now, embed, index, commit."""
     failed = list_failed(_unvisited(session))
     for start in range(0, len(failed), batch_size):
-        products = fetch_products(session.catalog, failed[start : start + batch_size])
+        products = fetch_products(_unvisited(session), failed[start : start + batch_size])
         if not products:
             continue
-        output = embed_batch(
-            _unvisited(session.backend), _unvisited(products), session.kinds, session.limits
-        )
+        output = embed_batch(_unvisited(session), _unvisited(products))
         retry_batch(_unvisited(session), _unvisited(products), _unvisited(output))
         commit_batch(_unvisited(session), _unvisited(products), _unvisited(output))
 

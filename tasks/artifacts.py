@@ -14,7 +14,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NONE
 
-from tasks.build import FAILURES_IN_SUMMARY
+from application.session import FAILURES_IN_SUMMARY
 
 
 @task(name="create-progress-artifact", cache_policy=NONE, persist_result=False)

@@ -8,9 +8,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from faiss_builder.connect import open_storage
-from faiss_builder.settings import Settings
-from faiss_builder.verify import SampleReport, check_sample, render_check, store_kinds
+from application.connect import open_storage
+from application.settings import Settings
+from application.verify import SampleReport, check_sample, render_check, store_kinds
 from sharding.checks import AlignmentReport
 from tasks.retry import TRANSIENT_RETRIES
 

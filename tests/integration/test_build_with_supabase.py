@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faiss_builder.connect import open_storage
-from faiss_builder.settings import load_settings
+from application.connect import open_storage
+from application.settings import load_settings
 from flows.build_index import build_index
 from sharding.checks import check_store
 from sharding.loader import load_index

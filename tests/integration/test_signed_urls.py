@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from faiss_builder.catalog import supabase as catalog_module
-from faiss_builder.catalog.base import Product
-from faiss_builder.catalog.supabase import SupabaseCatalog, SupabaseCatalogError, sign_image_urls
+from application.catalog import supabase as catalog_module
+from application.catalog.base import Product
+from application.catalog.supabase import SupabaseCatalog, SupabaseCatalogError, sign_image_urls
 from tests.integration.conftest import PHOTO
 from tests.integration.storage_stub import MISSING, StorageStub
 from tests.support.postgrest_stack import SupabaseStack

@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from faiss_builder.catalog import supabase as catalog_module
-from faiss_builder.catalog.base import ProductId
-from faiss_builder.catalog.supabase import (
+from application.catalog import supabase as catalog_module
+from application.catalog.base import ProductId
+from application.catalog.supabase import (
     CatalogUnavailable,
     SupabaseCatalog,
     SupabaseCatalogError,

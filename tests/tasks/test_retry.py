@@ -6,8 +6,8 @@ import httpx
 import pytest
 from prefect.states import Completed, Failed
 
-from faiss_builder.catalog.supabase import CatalogUnavailable
-from faiss_builder.connect import ConfigError
+from application.catalog.supabase import CatalogUnavailable
+from application.connect import ConfigError
 from sharding.errors import ObjectNotFound, StorageAuthError, StorageUnavailable
 from tasks.retry import is_transient, retry_transient_only
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-Kind = Literal["color", "structure", "combined"]
-ALL_KINDS: tuple[Kind, ...] = ("color", "structure", "combined")
+from modal_workers.embedders import DEFAULT_CLIP_MODEL
+from modal_workers.names import APP_NAME, CLS_NAME
+from modal_workers.types import KINDS, check_kinds
+
+#: The index kinds as a type: an enum over modal_workers' KINDS, so forms and JSON schemas list them.
+Kind = StrEnum("Kind", [(kind, kind) for kind in KINDS])  # type: ignore[misc]
+ALL_KINDS: tuple[str, ...] = KINDS
 EmbedderName = Literal["clip", "histogram"]
-Backend = Literal["local", "modal"]
-DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+#: `local`, `modal`, or a name registered with application.connect.register_backend.
+Backend = str
 
 _ENV = {"env_file": ".env", "env_file_encoding": "utf-8", "extra": "ignore", "frozen": True}
 
@@ -62,12 +68,14 @@ class EmbedSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FAISS_BUILDER_", **_ENV)  # type: ignore[typeddict-item]
 
-    kinds: Annotated[tuple[Kind, ...], NoDecode] = Field(
+    kinds: Annotated[tuple[str, ...], NoDecode] = Field(
         ALL_KINDS, description="Index kinds to build, comma-separated."
     )
     embedder: EmbedderName = Field("clip", description="`clip` or the weight-free `histogram`.")
     model: str = Field(DEFAULT_CLIP_MODEL, description="CLIP model id or local folder.")
-    backend: Backend = Field("local", description="`local` (in-process) or `modal` (A10G).")
+    backend: Backend = Field(
+        "local", description="`local` (in-process), `modal` (A10G) or a registered backend."
+    )
     batch_size: int = Field(256, gt=0, le=4096, description="Products per embedding batch.")
     max_in_flight: int = Field(2, gt=0, le=64, description="Embedding batches in flight at once.")
     max_images: int | None = Field(None, gt=0, description="Stop after this many products.")
@@ -79,7 +87,16 @@ class EmbedSettings(BaseSettings):
     @field_validator("kinds", mode="before")
     @classmethod
     def _split_kinds(cls, value: object) -> object:
-        return parse_kinds(value) if isinstance(value, str) else value
+        return parse_kinds(value)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from application.backends import BACKENDS
+
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; choose from {', '.join(BACKENDS)}")
+        return value
 
 
 class FetchSettings(BaseSettings):
@@ -111,8 +128,8 @@ class ModalSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FAISS_BUILDER_MODAL_", **_ENV)  # type: ignore[typeddict-item]
 
-    app_name: str = Field("modal-faiss-builder", description="Deployed Modal app name.")
-    class_name: str = Field("Embedder", description="Modal class inside the app.")
+    app_name: str = Field(APP_NAME, description="Deployed Modal app name.")
+    class_name: str = Field(CLS_NAME, description="Modal class inside the app.")
 
 
 class Settings:
@@ -136,12 +153,10 @@ def parse_kinds(value: object) -> tuple[str, ...]:
     """`"color,structure"` or a sequence → validated, de-duplicated kinds in canonical order."""
     items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
     wanted = {str(item).strip() for item in items if str(item).strip()}
-    unknown = wanted - set(ALL_KINDS)
+    unknown = wanted - set(KINDS)
     if unknown or not wanted:
-        raise ValueError(
-            f"unknown index kind(s) {sorted(unknown)}; choose from {', '.join(ALL_KINDS)}"
-        )
-    return tuple(kind for kind in ALL_KINDS if kind in wanted)
+        raise ValueError(f"unknown index kind(s) {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    return check_kinds(sorted(wanted))
 
 
 def _pick(model: type[BaseSettings], overrides: dict[str, object]) -> dict[str, Any]:

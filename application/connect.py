@@ -3,49 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from faiss_builder.catalog.base import Catalog
-from faiss_builder.settings import Settings
+from application.backends import BACKENDS, EmbedBackend
+from application.catalog.base import Catalog
+from application.errors import ConfigError
+from application.settings import Settings
 
 if TYPE_CHECKING:
-    from modal_workers.types import EmbedOutput, FetchLimits, ImageRef
+    from modal_workers.types import FetchLimits
     from sharding.storage import Storage
-
-
-class ConfigError(ValueError):
-    """Configuration that cannot work; the message names the setting and how to fix it."""
-
-
-class EmbedBackend(Protocol):
-    """Something that embeds batches of image references: in-process or on Modal."""
-
-    def describe(self) -> dict[str, Any]:
-        """{"embedder": name, "model": model id, "dims": {kind: dim}}."""
-        ...
-
-    def embed(self, refs: list[ImageRef], kinds: list[str], limits: FetchLimits) -> EmbedOutput: ...
-
-
-class LocalBackend:
-    """Runs the same embedding pipeline as the Modal worker, in this process."""
-
-    def __init__(self, embedder_name: str, model: str | None, device: str | None = None) -> None:
-        from modal_workers.embedders import load_embedder
-
-        self.embedder = load_embedder(embedder_name, model, device=device)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "embedder": self.embedder.name,
-            "model": self.embedder.model_id,
-            "dims": dict(self.embedder.dims),
-        }
-
-    def embed(self, refs: list[ImageRef], kinds: list[str], limits: FetchLimits) -> EmbedOutput:
-        from modal_workers.pipeline import embed_refs
-
-        return embed_refs(refs, kinds, self.embedder, limits)
 
 
 def open_storage(settings: Settings) -> Storage:
@@ -61,7 +28,7 @@ def open_catalog(settings: Settings) -> Catalog:
     """The product source named by `catalog`: a CSV/JSONL file, or `supabase`."""
     if settings.catalog.catalog == "supabase":
         return _open_supabase_catalog(settings)
-    from faiss_builder.catalog.local import CatalogError, LocalCatalog
+    from application.catalog.local import CatalogError, LocalCatalog
 
     try:
         return LocalCatalog(settings.catalog.catalog)
@@ -70,18 +37,9 @@ def open_catalog(settings: Settings) -> Catalog:
 
 
 def open_backend(settings: Settings, embedder: str, model: str | None) -> EmbedBackend:
-    """The embedding backend: in-process (`local`) or the deployed Modal class (`modal`)."""
-    model_arg = model if embedder == "clip" else None
-    if settings.embed.backend == "modal":
-        from modal_workers.remote import ModalEmbedClient
-
-        return ModalEmbedClient(
-            embedder=embedder,
-            model=model_arg,
-            app_name=settings.modal.app_name,
-            cls_name=settings.modal.class_name,
-        )
-    return LocalBackend(embedder, model_arg, device=settings.embed.device)
+    """The embedding backend `settings.embed.backend` names (validated by the settings)."""
+    factory = BACKENDS[settings.embed.backend]
+    return factory(settings, embedder, model if embedder == "clip" else None)
 
 
 def fetch_limits(settings: Settings, local_root: str | None) -> FetchLimits:
@@ -122,7 +80,7 @@ def _open_supabase_storage(settings: Settings) -> Storage:
 
 
 def _open_supabase_catalog(settings: Settings) -> Catalog:
-    from faiss_builder.catalog.supabase import SupabaseCatalog
+    from application.catalog.supabase import SupabaseCatalog
     from sharding.supabase_store import create_supabase_client
 
     url, key = supabase_credentials(settings)

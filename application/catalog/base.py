@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-ProductId = int | str
+from modal_workers.types import ProductId
+
+__all__ = ["Catalog", "Product", "ProductId"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import httpx
 from postgrest.exceptions import APIError
 
-from faiss_builder.catalog.base import Product, ProductId
-from faiss_builder.catalog.local import CatalogError
+from application.catalog.base import Product, ProductId
+from application.catalog.local import CatalogError
 from modal_workers.fetch import is_http_url
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from faiss_builder.settings import (
+from application.settings import (
     CatalogSettings,
     EmbedSettings,
     FetchSettings,

@@ -13,7 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from faiss_builder.catalog.base import Product, ProductId
+from application.catalog.base import Product, ProductId
 
 _INT_ID = re.compile(r"^-?\d+$")
 REQUIRED_COLUMNS = ("id", "image_url")

@@ -1,5 +1,5 @@
 """Catalog sources: where pending products (id, image_url, brand) come from, in id order."""
 
-from faiss_builder.catalog.base import Catalog, Product, ProductId
+from application.catalog.base import Catalog, Product, ProductId
 
 __all__ = ["Catalog", "Product", "ProductId"]

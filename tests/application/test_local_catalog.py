@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from faiss_builder.catalog.local import CatalogError, LocalCatalog
+from application.catalog.local import CatalogError, LocalCatalog
 
 
 def _csv(tmp_path: Path, rows: list[str], header: str = "id,image_url,brand") -> Path:

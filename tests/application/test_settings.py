@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from faiss_builder.settings import load_settings, parse_kinds
+from application.settings import load_settings, parse_kinds
 
 
 def test_env_then_explicit_overrides(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from faiss_builder.catalog.base import Catalog, ProductId
-from faiss_builder.connect import EmbedBackend
-from faiss_builder.settings import Settings
+from application.backends import EmbedBackend
+from application.catalog.base import Catalog, ProductId
+from application.settings import Settings
 
 if TYPE_CHECKING:
     from modal_workers.types import FetchLimits
@@ -123,7 +123,7 @@ def check_sample(
     seed: int | None = None,
 ) -> SampleReport:
     """Re-embed a sample with the embedder that built the index (from progress.json)."""
-    from faiss_builder.connect import fetch_limits, open_backend, open_catalog
+    from application.connect import fetch_limits, open_backend, open_catalog
     from sharding.state import require_progress
 
     catalog = open_catalog(settings)
@@ -162,7 +162,7 @@ def run_alignment_check(
     `on_store_report` gets the structural report as soon as it is ready, before the sample
     (which loads the embedder and re-fetches images) starts.
     """
-    from faiss_builder.connect import open_storage
+    from application.connect import open_storage
     from sharding.checks import check_store
     from sharding.errors import StateError
 

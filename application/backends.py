@@ -1,0 +1,69 @@
+"""Embedding backends: the interface, the in-process one, and the table that names them all."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from application.settings import Settings
+    from modal_workers.types import EmbedOutput, FetchLimits, ImageRef
+
+
+class EmbedBackend(Protocol):
+    """Something that embeds batches of image references: in-process or on Modal."""
+
+    def describe(self) -> dict[str, Any]:
+        """{"embedder": name, "model": model id, "dims": {kind: dim}}."""
+        ...
+
+    def embed(self, refs: list[ImageRef], kinds: list[str], limits: FetchLimits) -> EmbedOutput: ...
+
+
+class LocalBackend:
+    """Runs the same embedding pipeline as the Modal worker, in this process."""
+
+    def __init__(self, embedder_name: str, model: str | None, device: str | None = None) -> None:
+        from modal_workers.embedders import load_embedder
+
+        self.embedder = load_embedder(embedder_name, model, device=device)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "embedder": self.embedder.name,
+            "model": self.embedder.model_id,
+            "dims": dict(self.embedder.dims),
+        }
+
+    def embed(self, refs: list[ImageRef], kinds: list[str], limits: FetchLimits) -> EmbedOutput:
+        from modal_workers.pipeline import embed_refs
+
+        return embed_refs(refs, kinds, self.embedder, limits)
+
+
+#: Builds the embedding backend of a run from its settings, embedder name and model.
+BackendFactory = Callable[["Settings", str, "str | None"], "EmbedBackend"]
+
+
+def _local_backend(settings: Settings, embedder: str, model: str | None) -> EmbedBackend:
+    return LocalBackend(embedder, model, device=settings.embed.device)
+
+
+def _modal_backend(settings: Settings, embedder: str, model: str | None) -> EmbedBackend:
+    from modal_workers.remote import ModalEmbedClient
+
+    return ModalEmbedClient(
+        embedder=embedder,
+        model=model,
+        app_name=settings.modal.app_name,
+        cls_name=settings.modal.class_name,
+    )
+
+
+#: Backends by the name `FAISS_BUILDER_BACKEND` (or the flow's `backend` parameter) selects.
+BACKENDS: dict[str, BackendFactory] = {"local": _local_backend, "modal": _modal_backend}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make `backend=name` build its backend with `factory` in this process (benchmarks, tests)."""
+    BACKENDS[name] = factory

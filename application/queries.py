@@ -1,0 +1,121 @@
+"""Read-only questions to a store: search it, report its status. No Prefect, no CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from application.backends import LocalBackend
+from application.connect import fetch_limits, open_catalog, open_storage
+from application.errors import UsageError
+from application.settings import Settings
+
+
+def search_store(
+    settings: Settings, *, kind: str, k: int, image: str | None, product_id: str | None
+) -> dict[str, Any]:
+    """Top-k neighbours of an indexed product (its stored vector) or of a query image."""
+    from sharding.loader import load_index
+    from sharding.state import require_progress
+
+    storage = open_storage(settings)
+    progress = require_progress(storage)
+    if kind not in progress.kinds:
+        built = ", ".join(progress.kinds) or "none"
+        raise UsageError(f"--kind {kind}: this store has no {kind} index (built: {built})")
+    index = load_index(storage, kind, cache_dir=_cache_dir(settings))
+    if product_id is not None:
+        query_id = _as_indexed_id(product_id, index.ids)
+        vector, query = _stored_vector(index, query_id), f"product {query_id!r}"
+    else:
+        assert image is not None
+        vector, query = _embed_query(settings, progress, kind, image), image
+    hits = index.search(vector.reshape(1, -1), k)[0]
+    brands = _brands(settings, [hit.id for hit in hits])
+    return {
+        "kind": kind,
+        "query": query,
+        "embedder": f"{progress.embedder} ({progress.model})",
+        "hits": [{"id": h.id, "score": float(h.score), "brand": brands.get(h.id)} for h in hits],
+    }
+
+
+def store_status(settings: Settings, *, include_failures: bool) -> dict[str, Any]:
+    """The committed state of the store, read from progress.json."""
+    from sharding.state import list_failures, read_progress
+
+    storage = open_storage(settings)
+    progress = read_progress(storage)
+    if progress is None:
+        return {"store": storage.describe(), "initialised": False}
+    result: dict[str, Any] = {
+        "store": storage.describe(),
+        "initialised": True,
+        "embedder": progress.embedder,
+        "model": progress.model,
+        "commit_seq": progress.commit_seq,
+        "run_id": progress.run_id,
+        "written_at": progress.written_at.isoformat(),
+        "shard_max_vectors": progress.shard_max_vectors,
+        "shard_max_bytes": progress.shard_max_bytes,
+        "kinds": {kind: _kind_status(kp) for kind, kp in progress.kinds.items()},
+        "failed_count": progress.failures.total,
+    }
+    if include_failures:
+        result["failures"] = [
+            {"id": f.id, "reason": f.reason, "message": f.message, "kinds": f.kinds}
+            for f in list_failures(storage, progress)
+        ]
+    return result
+
+
+def _kind_status(kp: Any) -> dict[str, Any]:
+    return {
+        "vectors": kp.total_vectors,
+        "shards": kp.shard_count(),
+        "dim": kp.dim,
+        "cursor": kp.cursor,
+        "brands": len(kp.vectors_per_brand),
+    }
+
+
+def _embed_query(settings: Settings, progress: Any, kind: str, image: str) -> Any:
+    """Embed the query image with the embedder the index was built with."""
+    from modal_workers.pipeline import embed_query_image
+    from modal_workers.reasons import ImageRefused
+
+    backend = LocalBackend(progress.embedder, progress.model or None, device=settings.embed.device)
+    try:
+        vectors = embed_query_image(image, [kind], backend.embedder, fetch_limits(settings, None))
+    except ImageRefused as exc:
+        raise UsageError(f"query image {image}: {exc.reason}: {exc.message}") from None
+    return vectors[kind][0]
+
+
+def _stored_vector(index: Any, product_id: Any) -> Any:
+    try:
+        return index.vector(product_id)
+    except KeyError:
+        raise UsageError(f"--id {product_id!r} is not in the {index.kind} index") from None
+
+
+def _brands(settings: Settings, ids: list[Any]) -> dict[Any, str | None]:
+    """Brands of the hits from the catalog, when a catalog is configured and readable."""
+    try:
+        return {product.id: product.brand for product in open_catalog(settings).get(ids)}
+    except Exception:
+        return {}
+
+
+def _as_indexed_id(text: str, ids: list[Any]) -> Any:
+    """Ids from the command line are text; match the index's own id type."""
+    if ids and isinstance(ids[0], int):
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"--id {text!r}: this index has integer product ids") from None
+    return text
+
+
+def _cache_dir(settings: Settings) -> Path | None:
+    return Path(settings.store.cache_dir) if settings.store.cache_dir else None

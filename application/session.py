@@ -1,0 +1,256 @@
+"""One build run: the clients, the writer and its lease, the run's counters and its summary.
+
+The Prefect tasks in tasks/build.py are one-line wrappers over the methods here, so the same
+session can be driven without Prefect (tests, benchmarks) and the backend can be injected.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from application.catalog.base import Catalog, Product, ProductId
+from application.connect import (
+    EmbedBackend,
+    fetch_limits,
+    open_backend,
+    open_catalog,
+    open_storage,
+)
+from application.settings import Settings
+
+if TYPE_CHECKING:
+    from modal_workers.types import EmbedOutput, FetchLimits
+    from sharding.lease import LeaseKeeper, StoreLease
+    from sharding.progress import Progress
+    from sharding.storage import Storage
+    from sharding.writer import BuildConfig, EmbeddedBatch, IndexWriter
+
+#: The run summary lists this many failures; all of them are durable in the store.
+FAILURES_IN_SUMMARY = 100
+
+
+@dataclass
+class BuildStats:
+    """Counters for the run summary."""
+
+    started: float = field(default_factory=time.monotonic)
+    products: int = 0
+    batches: int = 0
+    failed: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def count(self, products: list[Product], output: EmbedOutput) -> None:
+        self.products += len(products)
+        self.batches += 1
+        self.failed += len(output.failures)
+        room = FAILURES_IN_SUMMARY - len(self.failures)
+        self.failures.extend(
+            {"id": f.id, "reason": f.reason, "message": f.message} for f in output.failures[:room]
+        )
+
+
+@dataclass
+class BuildSession:
+    """Everything one build run holds open: clients, the writer and its lease."""
+
+    run_id: str
+    kinds: list[str]
+    storage: Storage
+    catalog: Catalog
+    backend: EmbedBackend
+    limits: FetchLimits
+    writer: IndexWriter
+    lease: StoreLease
+    keeper: LeaseKeeper
+    max_images: int | None
+    totals_at_start: dict[str, int]
+    stats: BuildStats = field(default_factory=BuildStats)
+
+    def room_left(self, batch_size: int, queued: int) -> int:
+        """How many products the next page may hold under max_images, given `queued` in flight."""
+        if self.max_images is None:
+            return batch_size
+        return max(0, min(batch_size, self.max_images - self.stats.products - queued))
+
+    def resume_after(self) -> ProductId | None:
+        """The catalog id the next page starts after."""
+        return self.writer.resume_after()
+
+    def fetch_page(self, after: ProductId | None, limit: int) -> list[Product]:
+        """The next products in id order after `after`, signed for fetching."""
+        return self._signed(self.catalog.page(after, limit))
+
+    def fetch_products(self, ids: list[ProductId]) -> list[Product]:
+        """These products as the catalog has them now (gone ones are left out), signed."""
+        return self._signed(self.catalog.get(ids))
+
+    def count_pending(self) -> int | None:
+        """Products this run will process, for progress: pending, capped by max_images."""
+        count_after = getattr(self.catalog, "count_after", None)
+        if count_after is None:
+            return self.max_images
+        pending = int(count_after(self.resume_after()))
+        return min(pending, self.max_images) if self.max_images else pending
+
+    def failed_ids(self) -> list[ProductId]:
+        """Recorded failures in any of this run's kinds, oldest first, each id once."""
+        kinds = set(self.kinds)
+        ids = [f.id for f in self.writer.failures() if kinds & set(f.kinds)]
+        return list(dict.fromkeys(ids))
+
+    def embed(self, products: list[Product]) -> EmbedOutput:
+        """Download and embed one batch; bad images come back as failures, not exceptions."""
+        from modal_workers.types import ImageRef
+
+        refs = [ImageRef(id=product.id, url=product.image_url) for product in products]
+        return self.backend.embed(refs, self.kinds, self.limits)
+
+    def append(self, products: list[Product], output: EmbedOutput) -> None:
+        """Append a batch to each kind's open shard, uploading shards it seals (safe to retry)."""
+        self.writer.add_batch(to_embedded_batch(products, output))
+
+    def retry(self, products: list[Product], output: EmbedOutput) -> None:
+        """Index the failures that now embed; the others keep their record with a fresh reason."""
+        self.writer.retry_failed(to_embedded_batch(products, output))
+
+    def commit(self, products: list[Product], output: EmbedOutput) -> Progress:
+        """Upload the open shards, write progress.json last, check the counts; count the batch."""
+        progress = self.writer.commit()
+        self.stats.count(products, output)
+        return progress
+
+    def finish(self) -> dict[str, Any]:
+        """Refresh the full id maps and summarise the run."""
+        self.writer.finish()
+        return summarize(self)
+
+    def close(self) -> None:
+        """Stop renewing and give the store back, so the next run need not wait for the expiry."""
+        self.keeper.stop()
+        self.lease.release()
+
+    def _signed(self, products: list[Product]) -> list[Product]:
+        """Private-bucket paths become signed URLs just before dispatch (Supabase catalogs)."""
+        sign = getattr(self.catalog, "sign_for_fetch", None)
+        return sign(products) if sign is not None and products else products
+
+
+def open_session(
+    settings: Settings, run_id: str, *, backend: EmbedBackend | None = None
+) -> BuildSession:
+    """Connect everything and take the store lease; refuse bad configuration before any write.
+
+    `backend` replaces the one the settings name (tests, benchmarks).
+    """
+    from sharding.state import read_progress
+    from sharding.writer import check_resume
+
+    storage, catalog = open_storage(settings), open_catalog(settings)
+    embed = settings.embed
+    backend = backend or open_backend(settings, embed.embedder, embed.model)
+    config = build_config(settings, backend.describe())
+    committed = read_progress(storage)
+    if committed is not None:  # refuse a mismatching resume before the lease, our first write
+        check_resume(committed, config, storage.describe())
+    lease, keeper, writer = open_writer(storage, config, settings, run_id)
+    return BuildSession(
+        run_id=run_id,
+        kinds=list(embed.kinds),
+        storage=storage,
+        catalog=catalog,
+        backend=backend,
+        limits=fetch_limits(settings, catalog.local_root),
+        writer=writer,
+        lease=lease,
+        keeper=keeper,
+        max_images=embed.max_images,
+        totals_at_start={kind: writer.progress.total_vectors(kind) for kind in embed.kinds},
+    )
+
+
+def build_config(settings: Settings, described: dict[str, Any]) -> BuildConfig:
+    """What the store must agree with: the backend's embedder, model and dims, the shard limits."""
+    from sharding.writer import BuildConfig
+
+    return BuildConfig(
+        embedder=described["embedder"],
+        model=described["model"],
+        dims={kind: described["dims"][kind] for kind in settings.embed.kinds},
+        shard_max_vectors=settings.store.shard_max_vectors,
+        shard_max_bytes=settings.store.shard_max_bytes,
+    )
+
+
+def open_writer(
+    storage: Storage, config: BuildConfig, settings: Settings, run_id: str
+) -> tuple[StoreLease, LeaseKeeper, IndexWriter]:
+    """Take the lease, keep it renewed from now on, then open (and verify) the store under it."""
+    from sharding.lease import LeaseKeeper, StoreLease
+    from sharding.writer import IndexWriter
+
+    store = settings.store
+    lease = StoreLease.acquire(storage, run_id, ttl_s=store.lease_ttl_s, wait_s=store.lease_wait_s)
+    keeper = LeaseKeeper(lease).start()
+    try:
+        writer = IndexWriter.open(
+            storage,
+            config,
+            run_id=run_id,
+            crash_after_writes=store.crash_after_writes,
+            # The keeper renews in the background; before each write we only confirm ownership.
+            before_commit=lease.verify,
+        )
+    except BaseException:
+        keeper.stop()
+        lease.release()
+        raise
+    return lease, keeper, writer
+
+
+def to_embedded_batch(products: list[Product], output: EmbedOutput) -> EmbeddedBatch:
+    """The embedding result in the writer's terms: brands attached, failures kept, the page's end."""
+    from sharding.writer import EmbeddedBatch, FailedProduct
+
+    brands = {product.id: product.brand for product in products}
+    return EmbeddedBatch(
+        ids=list(output.ids),
+        brands=[brands[product_id] for product_id in output.ids],
+        vectors=output.vectors,
+        failures=[
+            FailedProduct(id=f.id, reason=f.reason, message=f.message) for f in output.failures
+        ],
+        last_id=products[-1].id,
+    )
+
+
+def summarize(session: BuildSession) -> dict[str, Any]:
+    """The run summary: counts, vectors added and held per kind, speed, failures, brands."""
+    progress = session.writer.progress
+    stats = session.stats
+    kinds = session.kinds
+    added = {k: progress.total_vectors(k) - session.totals_at_start[k] for k in kinds}
+    return {
+        "run_id": session.run_id,
+        "store": session.storage.describe(),
+        "embedder": progress.embedder,
+        "model": progress.model,
+        "kinds": kinds,
+        "products": stats.products,
+        "batches": stats.batches,
+        "failed": stats.failed,
+        # Products this run read that a kind had already indexed (a kind's cursor was ahead).
+        "skipped": sum(stats.products - stats.failed - added[k] for k in kinds),
+        "vectors_added": added,
+        "total_vectors": {kind: progress.total_vectors(kind) for kind in kinds},
+        "shards": {kind: progress.kinds[kind].shard_count() for kind in kinds},
+        "elapsed_s": round(stats.elapsed_s, 3),
+        "images_per_s": round(stats.products / stats.elapsed_s, 2) if stats.elapsed_s else 0.0,
+        "failures": stats.failures,
+        "vectors_per_brand": {kind: dict(progress.kinds[kind].vectors_per_brand) for kind in kinds},
+    }
