@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from modal_workers.reasons import ImageRefused
+from modal_workers.views import MAX_ASPECT_RATIO
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
 WHITE = (255, 255, 255, 255)
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+BYTES_LITERAL = re.compile(r"""\bb(['"])(?:\\.|(?!\1).)*\1""")
+
+
+def without_bytes(text: str) -> str:
+    """A library message with any bytes literal (b'...') blanked: messages never echo content."""
+    return BYTES_LITERAL.sub("<bytes>", text)
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -45,10 +55,12 @@ def check_format(data: bytes) -> str:
     if not data:
         raise ImageRefused("empty_body", "no bytes")
     kind = sniff_format(data)
-    if kind is None:
+    if kind is None:  # never echo the bytes: they may be a secret file, not an image
         head = data[:64].lstrip().lower()
-        hint = " (looks like HTML/XML)" if head.startswith((b"<", b"{")) else ""
-        raise ImageRefused("not_an_image", f"unknown signature {data[:8]!r}{hint}")
+        hint = " (looks like HTML/XML/JSON)" if head.startswith((b"<", b"{")) else ""
+        raise ImageRefused(
+            "not_an_image", f"{len(data)} bytes that are not a supported image format{hint}"
+        )
     if kind not in ALLOWED_FORMATS:
         raise ImageRefused("unsupported_format", f"{kind} is not one of {ALLOWED_FORMATS}")
     return kind
@@ -56,16 +68,30 @@ def check_format(data: bytes) -> str:
 
 def decode_image(data: bytes, max_pixels: int, target_edge: int) -> Image.Image:
     """An upright RGB image, its shortest edge reduced (JPEG) to no less than `target_edge`."""
+    return finish_decode(*open_for_decode(data, max_pixels, target_edge))
+
+
+def open_for_decode(data: bytes, max_pixels: int, target_edge: int) -> tuple[Image.Image, str]:
+    """The checked, not yet decoded image and its format; `.size` is what decoding will produce.
+
+    Every refusal that needs only the header happens here (format, pixel count, aspect ratio),
+    so a caller can reserve memory for `image.size` before `finish_decode` allocates it.
+    """
     kind = check_format(data)
     image = open_checked(data, kind, max_pixels)
     if kind == "JPEG":
         request_draft(image, target_edge)
+    return image, kind
+
+
+def finish_decode(image: Image.Image, kind: str) -> Image.Image:
+    """Decode the pixels of an image from open_for_decode, orient it, make it RGB."""
     try:
         image.load()
     except Image.DecompressionBombError as exc:
         raise ImageRefused("pixel_bomb", str(exc)) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageRefused("decode_error", f"{kind}: {exc}") from exc
+        raise ImageRefused("decode_error", f"{kind}: {without_bytes(str(exc))}") from exc
     return to_rgb(apply_orientation(image))
 
 
@@ -78,10 +104,12 @@ def open_checked(data: bytes, kind: str, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRefused("pixel_bomb", str(exc)) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageRefused("decode_error", f"{kind}: {exc}") from exc
+        raise ImageRefused("decode_error", f"{kind}: {without_bytes(str(exc))}") from exc
     width, height = image.size
     if width * height > max_pixels or width <= 0 or height <= 0:
         raise ImageRefused("pixel_bomb", f"{width}x{height} exceeds {max_pixels} pixels")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageRefused("aspect_ratio", f"{width}x{height} is longer than {MAX_ASPECT_RATIO}:1")
     return image
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from modal_workers.decode import decode_image
-from modal_workers.embedder import ImageEmbedder
+from modal_workers.budget import PixelBudget
+from modal_workers.decode import finish_decode, open_for_decode, without_bytes
+from modal_workers.embedder import DEFAULT_FORWARD_BATCH, ImageEmbedder
 from modal_workers.fetch import fetch_image_bytes, is_http_url, open_client
 from modal_workers.reasons import ImageRefused
 from modal_workers.types import (
@@ -27,7 +28,7 @@ from modal_workers.types import (
 from modal_workers.views import assemble_kinds
 
 Prepared = dict[str, np.ndarray]
-FORWARD_BATCH = 32
+FORWARD_BATCH = DEFAULT_FORWARD_BATCH  # when neither the caller nor the embedder says
 WINDOW_BATCHES = 3  # images prepared ahead of the model: bounded memory, GPU kept fed
 
 
@@ -37,22 +38,31 @@ def embed_refs(
     embedder: ImageEmbedder,
     limits: FetchLimits | None = None,
     *,
-    forward_batch: int = FORWARD_BATCH,
+    forward_batch: int | None = None,
+    budget: PixelBudget | None = None,
 ) -> EmbedOutput:
-    """Embed refs; ids keep the input order of successes, each refusal becomes a FailedProduct."""
+    """Embed refs; ids keep the input order of successes, each refusal becomes a FailedProduct.
+
+    `forward_batch` (images per embed_views call) defaults to the embedder's own, which suits its
+    device (CLIP: 32 on CPU, 128 on CUDA). Memory: at most forward_batch x WINDOW_BATCHES prepared
+    crops wait for the model, and the threads hold at most limits.max_pixels_in_flight decoded
+    pixels at once (PixelBudget).
+    """
     kinds = check_kinds(kinds)
     limits = limits or FetchLimits()
+    batch_size: int = forward_batch or getattr(embedder, "forward_batch", None) or FORWARD_BATCH
     views = views_for(kinds)
+    budget = budget or PixelBudget(limits.max_pixels_in_flight)
     ids: list = []
     parts: dict[str, list[np.ndarray]] = {view: [] for view in views}
     failures: list[FailedProduct] = []
     with open_client(limits) as client, ThreadPoolExecutor(limits.threads) as pool:
 
         def load(ref: ImageRef) -> Prepared | FailedProduct:
-            return load_prepared(ref, views, embedder, limits, client)
+            return load_prepared(ref, views, embedder, limits, client, budget)
 
-        results = prepared_in_order(pool, load, refs, window=forward_batch * WINDOW_BATCHES)
-        for batch in successes_in_batches(results, forward_batch, failures):
+        results = prepared_in_order(pool, load, refs, window=batch_size * WINDOW_BATCHES)
+        for batch in successes_in_batches(results, batch_size, failures):
             ids.extend(ref.id for ref, _ in batch)
             stacked = {view: np.stack([prep[view] for _, prep in batch]) for view in views}
             for view, vectors in embedder.embed_views(stacked).items():
@@ -67,16 +77,25 @@ def load_prepared(
     embedder: ImageEmbedder,
     limits: FetchLimits,
     client: httpx.Client,
+    budget: PixelBudget | None = None,
 ) -> Prepared | FailedProduct:
-    """One image from URL to model-ready views; runs in a worker thread, never raises."""
+    """One image from URL to model-ready views; runs in a worker thread, never raises.
+
+    The header is checked first (format, pixels, aspect ratio); the decoded pixels are then held
+    under `budget` until the crop is made, so concurrent decodes stay within the batch's cap.
+    """
+    budget = budget or PixelBudget(limits.max_pixels_in_flight)
     try:
         data = fetch_image_bytes(ref.url, limits, client)
-        image = decode_image(data, limits.max_pixels, embedder.decode_edge)
-        return embedder.prepare(image, views)
+        header, kind = open_for_decode(data, limits.max_pixels, embedder.decode_edge)
+        del data  # the lazily opened image keeps its own reference to the bytes
+        with budget.hold(header.width * header.height):
+            return embedder.prepare(finish_decode(header, kind), views)
     except ImageRefused as exc:
         return FailedProduct(ref.id, exc.reason, exc.message)
     except Exception as exc:  # one strange image must not abort the batch
-        return FailedProduct(ref.id, "unexpected_error", f"{type(exc).__name__}: {exc}")
+        message = f"{type(exc).__name__}: {without_bytes(str(exc))}"
+        return FailedProduct(ref.id, "unexpected_error", message)
 
 
 def prepared_in_order(

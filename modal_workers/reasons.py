@@ -18,6 +18,7 @@ REASONS: dict[str, str] = {
     "not_an_image": "the bytes are not an image (HTML, text, unknown signature)",
     "unsupported_format": "an image format outside JPEG/PNG/GIF/WEBP/BMP",
     "pixel_bomb": "width x height above FetchLimits.max_pixels (checked before decoding)",
+    "aspect_ratio": "longest side above views.MAX_ASPECT_RATIO (20) x the shortest (header check)",
     "decode_error": "the image is truncated or corrupt",
     "unexpected_error": "an unexpected error while preparing this one image (message has the type)",
 }

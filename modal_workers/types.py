@@ -45,6 +45,9 @@ class FetchLimits:
     allow_private_urls: bool = False
     local_root: str | None = None  # folder of a local catalog; enables local file paths
     threads: int = 16
+    # Decoded pixels that one batch's threads may hold at once (~4-16 bytes each while decoding):
+    # caps the memory of a batch's preparation; one image above it is decoded alone.
+    max_pixels_in_flight: int = 64_000_000
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,13 +26,26 @@ from PIL import Image
 GREY_WEIGHT = 0.4
 EDGE_PERCENTILE = 99.0
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# Longest / shortest side allowed. A square centre crop of a 20:1 image already keeps only 5% of
+# it; beyond that the crop says little about the product, and resizing the short side to the model
+# edge would blow the long side up (1x20000 -> 224 x 4,480,000 pixels, ~4 GB). The decoder refuses
+# such images (reason aspect_ratio); square_crop bounds its work for them regardless.
+MAX_ASPECT_RATIO = 20
 
 
 def square_crop(
     image: Image.Image, shortest_edge: int, crop: tuple[int, int], resample: int
 ) -> np.ndarray:
-    """Resize like CLIPImageProcessor (shortest edge), centre-crop; HxWx3 uint8."""
+    """Resize like CLIPImageProcessor (shortest edge), centre-crop; HxWx3 uint8.
+
+    The work is bounded by what is kept: up to MAX_ASPECT_RATIO the whole image is resized (at
+    most MAX_ASPECT_RATIO x edge^2 pixels, bit-identical to the processor); beyond it the centre
+    square is cut from the source first and only that square is resized, so a 1x20000 image never
+    becomes 224 x 4,480,000 pixels. (The decoder refuses such images anyway: reason aspect_ratio.)
+    """
     width, height = image.size
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        return centre_square_then_resize(image, crop, resample)
     if width <= height:
         size = (shortest_edge, int(shortest_edge * height / width))
     else:
@@ -41,6 +54,17 @@ def square_crop(
     top = (array.shape[0] - crop[0]) // 2
     left = (array.shape[1] - crop[1]) // 2
     return np.ascontiguousarray(array[top : top + crop[0], left : left + crop[1]])
+
+
+def centre_square_then_resize(
+    image: Image.Image, crop: tuple[int, int], resample: int
+) -> np.ndarray:
+    """Cut the centre square (short side x short side) from the source, resize it to `crop`."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return np.ascontiguousarray(np.asarray(square.resize((crop[1], crop[0]), resample=resample)))
 
 
 def make_views(rgb: np.ndarray, views: Sequence[str]) -> dict[str, np.ndarray]:
