@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from modal_workers.reasons import ImageRefused, http_reason
@@ -42,12 +48,109 @@ class Deadline:
         return httpx.Timeout(min(self.remaining(), max(1.0, self.seconds / 4)))
 
 
+# The monotonic end of the current image's deadline, set by fetch_image_bytes for its thread.
+# Every socket operation (connect, TLS handshake, each header and body read, each write) gets at
+# most the time left, so a server dripping one header byte per second cannot outlast it.
+CURRENT_DEADLINE: ContextVar[float | None] = ContextVar("fetch_deadline", default=None)
+
+
+def time_left(timeout: float | None, error: type[Exception]) -> float | None:
+    """`timeout` shortened to what the current deadline leaves; `error` once nothing is left."""
+    end = CURRENT_DEADLINE.get()
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise error("the per-image deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every operation ends by the current image's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self.inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.inner.read(max_bytes, time_left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.inner.write(buffer, time_left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        bounded = time_left(timeout, httpcore.ConnectTimeout)
+        return DeadlineStream(self.inner.start_tls(ssl_context, server_hostname, bounded))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.inner.get_extra_info(info)
+
+
+class DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's sync socket backend, with every stream bounded by the current deadline."""
+
+    def __init__(self) -> None:
+        self.inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        bounded = time_left(timeout, httpcore.ConnectTimeout)
+        return DeadlineStream(
+            self.inner.connect_tcp(host, port, bounded, local_address, socket_options)
+        )
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("unix sockets are not fetched")
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+
+class DeadlineTransport(httpx.HTTPTransport):
+    """httpx's transport on a connection pool that uses DeadlineBackend for its sockets."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        super().__init__(limits=limits, trust_env=False)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=DeadlineBackend(),
+        )
+
+
+@contextmanager
+def deadline_applies(deadline: Deadline) -> Iterator[None]:
+    token = CURRENT_DEADLINE.set(deadline.end)
+    try:
+        yield
+    finally:
+        CURRENT_DEADLINE.reset(token)
+
+
 def open_client(limits: FetchLimits) -> httpx.Client:
     """One client per batch; no connection reuse, so TLS is always checked for the hop's host."""
+    pool_limits = httpx.Limits(max_connections=limits.threads, max_keepalive_connections=0)
     return httpx.Client(
+        transport=DeadlineTransport(pool_limits),
         follow_redirects=False,
         trust_env=False,  # a proxy from the environment would bypass the address checks
-        limits=httpx.Limits(max_connections=limits.threads, max_keepalive_connections=0),
         # identity: the byte cap then counts what is decoded (no gzip bombs)
         headers={"User-Agent": USER_AGENT, "Accept": "image/*", "Accept-Encoding": "identity"},
     )
@@ -60,7 +163,8 @@ def fetch_image_bytes(url: str, limits: FetchLimits, client: httpx.Client) -> by
     deadline = Deadline(limits.timeout_s)
     for attempt in range(limits.retries + 1):
         try:
-            return fetch_following_redirects(url, limits, client, deadline)
+            with deadline_applies(deadline):
+                return fetch_following_redirects(url, limits, client, deadline)
         except TransientRefusal as exc:
             delay = BACKOFF_S * 2**attempt
             if attempt == limits.retries or deadline.remaining() <= delay:
@@ -144,6 +248,10 @@ def fetch_one_hop(
         finally:
             response.close()
     except httpx.TimeoutException as exc:
+        if deadline.remaining() <= 0:
+            raise ImageRefused(
+                "fetch_timeout", f"deadline of {deadline.seconds:g}s passed ({type(exc).__name__})"
+            ) from exc
         raise ImageRefused("fetch_timeout", f"timed out: {type(exc).__name__}") from exc
     except (
         httpx.ConnectError,
