@@ -222,11 +222,40 @@ def resolve_checked(url: httpx.URL, allow_private: bool) -> str:
     return addresses[0]
 
 
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: last 32 bits are IPv4
+NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: operator-defined layout
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d (RFC 4291 2.5.5.1)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: mapped, compatible, NAT64, 6to4, Teredo."""
+    if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d
+        return [ip.ipv4_mapped]
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in IPV4_COMPATIBLE or ip in NAT64_WELL_KNOWN:  # ::a.b.c.d, 64:ff9b::a.b.c.d
+        return [low32]
+    if ip.sixtofour is not None:  # 2002:aabb:ccdd::/48
+        return [ip.sixtofour]
+    if ip.teredo is not None:  # 2001:0::/32: (server, client)
+        return list(ip.teredo)
+    return []
+
+
 def is_public_address(address: str) -> bool:
-    """True only for globally routable unicast addresses (IPv4-mapped IPv6 judged as IPv4)."""
+    """True only for globally routable unicast addresses.
+
+    An IPv6 address that embeds an IPv4 address (IPv4-mapped ::ffff:0:0/96, IPv4-compatible
+    ::/96, NAT64 64:ff9b::/96, 6to4 2002::/16, Teredo 2001::/32) is judged by that IPv4 address:
+    64:ff9b::a9fe:a9fe reaches 169.254.169.254 through a NAT64 gateway. The local-use NAT64 prefix
+    64:ff9b:1::/48 has no fixed layout, so it is never public.
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in NAT64_LOCAL_USE:
+            return False
+        carried = embedded_ipv4(ip)
+        if carried:
+            return all(v4.is_global and not v4.is_multicast for v4 in carried)
     return ip.is_global and not ip.is_multicast
 
 

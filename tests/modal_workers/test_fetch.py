@@ -47,6 +47,17 @@ SSRF_URLS = [
     "http://169.254.169.254/latest/meta-data/",  # cloud metadata
     "http://100.64.0.1/a.jpg",  # carrier-grade NAT
     "http://0.0.0.0:{port}/a.jpg",
+    # IPv6 spellings that embed a private IPv4 address (issue 13 item 13)
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64 -> 169.254.169.254
+    "http://[64:ff9b::127.0.0.1]:{port}/photos/coffee.jpg",  # NAT64, dotted spelling
+    "http://[2002:7f00:1::1]:{port}/photos/coffee.jpg",  # 6to4 -> 127.0.0.1
+    "http://[2002:a9fe:a9fe::]/latest/meta-data/",  # 6to4 -> 169.254.169.254
+    "http://[::127.0.0.1]:{port}/photos/coffee.jpg",  # IPv4-compatible
+    "http://[::7f00:1]:{port}/photos/coffee.jpg",  # IPv4-compatible, hex spelling
+    "http://[::ffff:7f00:1]:{port}/photos/coffee.jpg",  # IPv4-mapped, hex spelling
+    "http://[::ffff:169.254.169.254]/latest/meta-data/",  # IPv4-mapped metadata
+    "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/a.jpg",  # Teredo, client 127.0.0.1
+    "http://[64:ff9b:1::a9fe:a9fe]/a.jpg",  # local-use NAT64 prefix
 ]
 
 
@@ -98,6 +109,17 @@ def test_redirect_to_loopback_is_refused(
         ("fc00::1", False),
         ("::ffff:10.0.0.1", False),
         ("::ffff:169.254.169.254", False),
+        ("64:ff9b::a9fe:a9fe", False),
+        ("64:ff9b::10.0.0.1", False),
+        ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8 is as public as 8.8.8.8
+        ("64:ff9b:1::a9fe:a9fe", False),
+        ("2002:7f00:1::1", False),
+        ("2002:c0a8:101::1", False),  # 6to4 of 192.168.1.1
+        ("2002:808:808::1", True),
+        ("::127.0.0.1", False),
+        ("::a9fe:a9fe", False),
+        ("::ffff:7f00:1", False),
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", False),  # Teredo
     ],
 )
 def test_is_public_address(address: str, public: bool) -> None:
