@@ -9,3 +9,8 @@ class ConfigError(ValueError):
 
 class UsageError(ValueError):
     """A request that does not make sense (flags together, an unknown id or kind)."""
+
+
+class CatalogMismatch(ValueError):
+    """The catalog cannot feed this store as it is (its ids are of another type than the
+    store's cursor and ids): resuming would compare the two. Nothing was written."""

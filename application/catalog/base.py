@@ -6,9 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from application.errors import CatalogMismatch
 from modal_workers.types import ProductId
 
-__all__ = ["Catalog", "Product", "ProductId"]
+__all__ = ["MAX_BRAND_CHARS", "Catalog", "Product", "ProductId", "bounded_brand", "check_cursor"]
+
+#: Longer brands are cut to this many characters (the store counts vectors per brand, and
+#: progress.json is rewritten at every commit). The same bound as sharding.progress.BRAND_CHARS.
+MAX_BRAND_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +34,44 @@ class Catalog(Protocol):
         ...
 
     def page(self, after: ProductId | None, limit: int) -> list[Product]:
-        """Up to `limit` products with id > `after` (all when `after` is None), ascending by id."""
+        """Up to `limit` products with id > `after` (all when `after` is None), ascending by id.
+
+        CatalogMismatch when `after` is not of the catalog's id type."""
         ...
 
     def get(self, ids: Sequence[ProductId]) -> list[Product]:
         """The products with these ids (missing ids are left out), in id order."""
         ...
+
+    def count_at_or_below(self, cursor: ProductId) -> int:
+        """How many products have id <= `cursor`: a resumed build never reads them again, so
+        more of them than the store indexed or recorded as failed means rows were added below
+        the cursor (ids must grow: docs/extending.md, "Id ordering"). CatalogMismatch when
+        `cursor` is not of the catalog's id type."""
+        ...
+
+
+def bounded_brand(value: object) -> tuple[str | None, bool]:
+    """(brand, was_cut): None for a missing or empty brand, at most MAX_BRAND_CHARS characters."""
+    if value is None:
+        return None, False
+    text = value if isinstance(value, str) else str(value)
+    if not text:
+        return None, False
+    if len(text) > MAX_BRAND_CHARS:
+        return text[:MAX_BRAND_CHARS], True
+    return text, False
+
+
+def check_cursor(cursor: ProductId, id_type: type | None, source: str) -> None:
+    """CatalogMismatch unless `cursor` (from the store) has the catalog's id type (None: the
+    catalog is empty, nothing to compare)."""
+    if id_type is None or type(cursor) is id_type:
+        return
+    kinds = {int: "integer", str: "string"}
+    theirs = kinds.get(type(cursor), type(cursor).__name__)
+    raise CatalogMismatch(
+        f"{source} has {kinds.get(id_type, id_type.__name__)} ids but the store's cursor "
+        f"{cursor!r} is a {theirs}: this catalog did not build this store (use the catalog "
+        "it was built from, or a new store)"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import csv
 import json
-import re
+import logging
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
@@ -13,10 +13,15 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from application.catalog.base import Product, ProductId
+from application.catalog.base import Product, ProductId, bounded_brand, check_cursor
+from application.catalog.ids import IdRefused, check_id, id_from_text
 
-_INT_ID = re.compile(r"^-?\d+$")
+log = logging.getLogger(__name__)
+
 REQUIRED_COLUMNS = ("id", "image_url")
+#: Nesting depth of JSON a row may hold (a row is a flat object; extra fields may nest a little).
+MAX_JSON_DEPTH = 32
+_BOM = "\ufeff"
 
 
 class CatalogError(ValueError):
@@ -28,13 +33,30 @@ class LocalCatalog:
 
     The file is validated once; memory then holds only the sorted ids and each row's byte offset
     (pages are read back from the file), so a catalog of millions of rows stays small.
+
+    Ids are kept exactly as the file has them: in JSONL, a number is an integer id and a string
+    a string id; in CSV, a cell written as a canonical decimal integer (`0`, `7`, `-3`, no
+    leading zeros or sign) is an integer id and anything else a string (`007` stays "007").
+    A file whose ids are not all of one type is refused, so `7` and `007` cannot collide.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.local_root: str | None = str(self.path.resolve().parent)
-        self._format = _RowFormat.detect(self.path)
-        self._ids, self._offsets = _index(self.path, self._format)
+        try:
+            self.local_root: str | None = str(self.path.resolve().parent)
+            self._format = _RowFormat.detect(self.path)
+            self._ids, self._offsets, self.brands_cut = _index(self.path, self._format)
+        except OSError as exc:
+            raise CatalogError(
+                f"catalog file {self.path} cannot be read: {_os_reason(exc)}"
+            ) from exc
+        if self.brands_cut:
+            log.warning("%s: %d brand(s) cut to 200 characters", self.path, self.brands_cut)
+
+    @property
+    def id_type(self) -> type | None:
+        """int or str (None for an empty file)."""
+        return type(self._ids[0]) if self._ids else None
 
     def describe(self) -> str:
         return f"catalog file {self.path} ({len(self._ids)} products)"
@@ -51,15 +73,19 @@ class LocalCatalog:
         """How many products come after `after` (for progress bars)."""
         return len(self._ids) - self._index_after(after)
 
+    def count_at_or_below(self, cursor: ProductId) -> int:
+        return self._index_after(cursor)
+
     def _index_after(self, after: ProductId | None) -> int:
         if after is None:
             return 0
-        return bisect.bisect_right(self._ids, _same_type(after, self._ids))  # type: ignore[arg-type]
+        check_cursor(after, self.id_type, self.describe())
+        return bisect.bisect_right(self._ids, after)  # type: ignore[arg-type]
 
     def _position(self, product_id: ProductId) -> int | None:
-        key = _same_type(product_id, self._ids)
-        i = bisect.bisect_left(self._ids, key)  # type: ignore[arg-type]
-        return i if i < len(self._ids) and self._ids[i] == key else None
+        check_cursor(product_id, self.id_type, self.describe())
+        i = bisect.bisect_left(self._ids, product_id)  # type: ignore[arg-type]
+        return i if i < len(self._ids) and self._ids[i] == product_id else None
 
     def _read(self, offsets: Sequence[int]) -> list[Product]:
         with self.path.open("rb") as handle:
@@ -75,11 +101,17 @@ class _RowFormat:
     @classmethod
     def detect(cls, path: Path) -> _RowFormat:
         if not path.is_file():
-            raise CatalogError(f"catalog file {path} does not exist")
+            raise CatalogError(f"catalog file {path} does not exist (or is not a file)")
         if path.suffix.lower() in {".jsonl", ".ndjson"}:
             return cls(None)
-        with path.open(encoding="utf-8", newline="") as handle:
-            header = next(csv.reader(handle), [])
+        # utf-8-sig: spreadsheet programs start CSV files with a byte order mark.
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            try:
+                header = next(csv.reader(handle), [])
+            except (csv.Error, UnicodeDecodeError) as exc:
+                raise CatalogError(
+                    f"catalog file {path} line 1: unreadable header ({exc})"
+                ) from exc
         missing = [column for column in REQUIRED_COLUMNS if column not in header]
         if missing:
             raise CatalogError(f"catalog file {path} lacks column(s) {', '.join(missing)}")
@@ -94,9 +126,8 @@ class _RowFormat:
         try:
             values = next(csv.reader([line], strict=True))
         except csv.Error as exc:
-            raise CatalogError(
-                f"catalog file {path} line {number}: {exc} (records must be one line each)"
-            ) from exc
+            hint = "" if "field limit" in str(exc) else " (records must be one line each)"
+            raise CatalogError(f"catalog file {path} line {number}: {exc}{hint}") from exc
         if len(values) != len(self.header):
             raise CatalogError(
                 f"catalog file {path} line {number}: {len(values)} fields for "
@@ -107,24 +138,36 @@ class _RowFormat:
     def product(self, path: Path, line: str) -> Product:
         row = self.row(path, 0, line)
         assert row is not None
-        return _to_product(path, 0, row)
+        return _to_product(path, 0, row, csv_text=self.header is not None)[0]
 
 
-def _index(path: Path, row_format: _RowFormat) -> tuple[list[ProductId], array[int]]:
-    """Validate every row; return the ids in ascending order and their rows' byte offsets."""
+def _index(path: Path, row_format: _RowFormat) -> tuple[list[ProductId], array[int], int]:
+    """Validate every row; the ids in ascending order, their rows' byte offsets, brands cut."""
     ids: list[ProductId] = []
+    lines = array("Q")
     offsets = array("Q")
-    for offset, product in _scan(path, row_format):
+    cut = 0
+    for number, offset, product, brand_cut in _scan(path, row_format):
         ids.append(product.id)
+        lines.append(number)
         offsets.append(offset)
-    _check_ids(path, ids)
-    if all(a < b for a, b in pairwise(ids)):  # type: ignore[operator]
-        return ids, offsets  # the usual case: the file is already in id order
-    order = sorted(range(len(ids)), key=ids.__getitem__)  # type: ignore[arg-type, return-value]
-    return [ids[i] for i in order], array("Q", (offsets[i] for i in order))
+        cut += brand_cut
+    _check_one_type(path, ids, lines)
+    if not all(a < b for a, b in pairwise(ids)):  # type: ignore[operator]
+        order = sorted(range(len(ids)), key=ids.__getitem__)  # type: ignore[arg-type, return-value]
+        ids = [ids[i] for i in order]
+        lines = array("Q", (lines[i] for i in order))
+        offsets = array("Q", (offsets[i] for i in order))
+    for i in range(1, len(ids)):
+        if ids[i] == ids[i - 1]:
+            first, second = sorted((lines[i - 1], lines[i]))
+            raise CatalogError(
+                f"catalog file {path} has duplicate id {ids[i]!r} (lines {first} and {second})"
+            )
+    return ids, offsets, cut
 
 
-def _scan(path: Path, row_format: _RowFormat) -> Iterator[tuple[int, Product]]:
+def _scan(path: Path, row_format: _RowFormat) -> Iterator[tuple[int, int, Product, bool]]:
     skip_header = row_format.header is not None
     with path.open("rb") as handle:
         offset = 0
@@ -132,66 +175,119 @@ def _scan(path: Path, row_format: _RowFormat) -> Iterator[tuple[int, Product]]:
             line_offset, offset = offset, offset + len(raw)
             if skip_header and number == 1:
                 continue
-            row = row_format.row(path, number, _decode(path, number, raw))
+            line = _decode(path, number, raw)
+            row = row_format.row(path, number, line)
             if row is not None:
-                yield line_offset, _to_product(path, number, row)
+                product, cut = _to_product(path, number, row, csv_text=skip_header)
+                yield number, line_offset, product, cut
 
 
 def _line_at(handle: Any, offset: int) -> str:
     handle.seek(offset)
-    return str(handle.readline().decode("utf-8"))
+    line = str(handle.readline().decode("utf-8"))
+    return line.removeprefix(_BOM) if offset == 0 else line
 
 
 def _decode(path: Path, number: int, raw: bytes) -> str:
     try:
-        return raw.decode("utf-8")
+        line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CatalogError(f"catalog file {path} line {number}: not UTF-8 ({exc})") from exc
+    return line.removeprefix(_BOM) if number == 1 else line
+
+
+class _WideInt(str):
+    """An integer literal too wide to be an id, kept as its text (int() of 5,000 digits fails)."""
+
+
+def _parse_int(text: str) -> int | str:
+    return int(text) if len(text) <= 24 else _WideInt(text)
 
 
 def _json_row(path: Path, number: int, line: str) -> dict[str, Any]:
+    depth = _json_depth(line)
+    if depth > MAX_JSON_DEPTH:
+        raise CatalogError(
+            f"catalog file {path} line {number}: JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        )
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
+        row = json.loads(line, parse_int=_parse_int)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise CatalogError(f"catalog file {path} line {number}: invalid JSON ({exc})") from exc
     if not isinstance(row, dict):
         raise CatalogError(f"catalog file {path} line {number}: expected a JSON object")
     return row
 
 
-def _to_product(path: Path, number: int, row: dict[str, Any]) -> Product:
+def _json_depth(line: str) -> int:
+    """The deepest nesting of arrays and objects in the line (strings skipped), without parsing.
+
+    Cheap for ordinary rows: the scan runs only when the line holds many brackets at all.
+    """
+    if line.count("[") + line.count("{") <= MAX_JSON_DEPTH:
+        return 0
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    return deepest
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _to_product(
+    path: Path, number: int, row: dict[str, Any], *, csv_text: bool
+) -> tuple[Product, bool]:
     raw_id, url = row.get("id"), row.get("image_url")
-    if raw_id is None or raw_id == "" or isinstance(raw_id, bool | float):
-        raise CatalogError(f"catalog file {path} line {number}: missing or invalid id {raw_id!r}")
+    where = f"catalog file {path} line {number}"
+    if raw_id is None or raw_id == "":
+        raise CatalogError(f"{where}: missing id")
+    try:
+        if isinstance(raw_id, _WideInt):
+            raise IdRefused(
+                f"integer id of {len(raw_id.lstrip('-'))} digits is outside int64/uint64; "
+                "use a string id for wider numbers"
+            )
+        product_id = id_from_text(raw_id) if csv_text else check_id(raw_id)
+    except IdRefused as exc:
+        raise CatalogError(f"{where}: {exc}") from None
     if not isinstance(url, str) or not url.strip():
-        raise CatalogError(f"catalog file {path} line {number}: missing image_url")
-    brand = row.get("brand")
-    product_id: ProductId = raw_id if isinstance(raw_id, int) else _parse_id(str(raw_id))
+        raise CatalogError(f"{where}: missing image_url")
+    brand, cut = bounded_brand(row.get("brand"))
     # Brands repeat across many rows: share one string per brand.
     return Product(
-        id=product_id, image_url=url.strip(), brand=sys.intern(str(brand)) if brand else None
-    )
+        id=product_id, image_url=url.strip(), brand=sys.intern(brand) if brand else None
+    ), cut
 
 
-def _parse_id(text: str) -> ProductId:
-    text = text.strip()
-    return int(text) if _INT_ID.match(text) else text
+def _check_one_type(path: Path, ids: list[ProductId], lines: array[int]) -> None:
+    first_of: dict[type, int] = {}
+    for index, product_id in enumerate(ids):
+        first_of.setdefault(type(product_id), index)
+        if len(first_of) > 1:
+            break
+    if len(first_of) > 1:
+        i, s = first_of[int], first_of[str]
+        raise CatalogError(
+            f"catalog file {path} mixes integer and string ids (line {lines[i]}: {ids[i]!r}, "
+            f"line {lines[s]}: {ids[s]!r}); use one type. Ids are kept as written: in CSV only "
+            "digits without leading zeros are integers"
+        )
 
 
-def _check_ids(path: Path, ids: list[ProductId]) -> None:
-    if len({type(product_id) for product_id in ids}) > 1:
-        raise CatalogError(f"catalog file {path} mixes integer and string ids; use one type")
-    seen: set[ProductId] = set()
-    for product_id in ids:
-        if product_id in seen:
-            raise CatalogError(f"catalog file {path} has duplicate id {product_id!r}")
-        seen.add(product_id)
-
-
-def _same_type(after: ProductId, ids: list[ProductId]) -> ProductId:
-    """Cursors come back from JSON; compare them in the catalog's own id type."""
-    if ids and isinstance(ids[0], int) and not isinstance(after, int):
-        return int(after)
-    if ids and isinstance(ids[0], str) and not isinstance(after, str):
-        return str(after)
-    return after
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
