@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpcore
 import httpx
@@ -334,9 +334,28 @@ def read_local_file(url: str, limits: FetchLimits) -> bytes:
 
 
 def local_path(url: str, limits: FetchLimits) -> Path:
-    """Resolve a plain path (or file:// URL) relative to the local catalog's folder."""
-    scheme = urlsplit(url).scheme.lower()
+    """Resolve a plain path (or file:// URL) against the local catalog's folder, and keep it there.
+
+    Symlinks and `..` are resolved first; the result must lie inside `limits.local_allowed_root`
+    when that is set, else inside `limits.local_root` (the catalog's folder). Anything else is
+    refused as outside_catalog_folder, absolute paths and file:// URLs included.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
     if limits.local_root is None or scheme not in ("", "file"):
         raise ImageRefused("bad_scheme", f"{url[:80]!r}: only http(s) URLs are allowed here")
-    raw = urlsplit(url).path if scheme == "file" else url
-    return Path(limits.local_root) / Path(raw).expanduser()
+    if scheme == "file" and parts.netloc not in ("", "localhost"):
+        raise ImageRefused("bad_url", f"{url[:80]!r}: file URLs name no host")
+    raw = unquote(parts.path) if scheme == "file" else url
+    root = Path(limits.local_root).resolve()
+    allowed = Path(limits.local_allowed_root).resolve() if limits.local_allowed_root else root
+    try:
+        candidate = (root / raw).resolve()  # an absolute `raw` replaces the root, then is judged
+    except (OSError, RuntimeError, ValueError) as exc:  # NUL bytes, symlink loops
+        raise ImageRefused("bad_url", f"{url[:80]!r} is not a usable path") from exc
+    if not candidate.is_relative_to(allowed):
+        raise ImageRefused(
+            "outside_catalog_folder",
+            f"{url[:80]!r} resolves outside {allowed} (set an allowed image root to permit it)",
+        )
+    return candidate

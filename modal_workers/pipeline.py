@@ -145,7 +145,10 @@ def embed_query_image(
     """Vectors (1, dim) per kind for one query image (URL or local path); ImageRefused if not."""
     limits = limits or FetchLimits()
     if not is_http_url(source) and limits.local_root is None:
-        limits = dataclasses.replace(limits, local_root=str(Path.cwd()))  # the user's own file
+        # The user's own file, named on their command line: any path they can read is theirs.
+        limits = dataclasses.replace(
+            limits, local_root=str(Path.cwd()), local_allowed_root=Path.cwd().anchor
+        )
     output = embed_refs([ImageRef(id="query", url=source)], kinds, embedder, limits)
     if output.failures:
         raise ImageRefused(output.failures[0].reason, output.failures[0].message)

@@ -15,6 +15,8 @@ REASONS: dict[str, str] = {
     "too_large": "body larger than FetchLimits.max_bytes",
     "empty_body": "the response or file has no bytes",
     "file_not_found": "a local catalog path that does not exist or is not a file",
+    "outside_catalog_folder": "a local path (.., symlink, absolute, file://) that resolves outside "
+    "the catalog's folder or FetchLimits.local_allowed_root",
     "not_an_image": "the bytes are not an image (HTML, text, unknown signature)",
     "unsupported_format": "an image format outside JPEG/PNG/GIF/WEBP/BMP",
     "pixel_bomb": "width x height above FetchLimits.max_pixels (checked before decoding)",

@@ -44,6 +44,9 @@ class FetchLimits:
     retries: int = 2  # extra attempts, transient network errors / 5xx / 429 only
     allow_private_urls: bool = False
     local_root: str | None = None  # folder of a local catalog; enables local file paths
+    # Folder that local paths must resolve inside (symlinks and `..` resolved); None = local_root.
+    # Relative paths still start at local_root; this only widens (or moves) what they may reach.
+    local_allowed_root: str | None = None
     threads: int = 16
     # Decoded pixels that one batch's threads may hold at once (~4-16 bytes each while decoding):
     # caps the memory of a batch's preparation; one image above it is decoded alone.

@@ -196,3 +196,72 @@ def test_every_reason_code_is_documented() -> None:
     assert {"private_address", "fetch_timeout", "too_large", "pixel_bomb", "bad_scheme"} <= set(
         REASONS
     )
+
+
+@pytest.fixture
+def catalog_dir(tmp_path: Path, photos_dir: Path) -> Path:
+    """A catalog folder three levels deep, with one photo, a sub-folder and hostile links."""
+    folder = tmp_path / "a" / "b" / "catalog"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "coffee.jpg").write_bytes((photos_dir / "coffee.jpg").read_bytes())
+    (folder / "etc-link.jpg").symlink_to("/etc/hostname")
+    (folder / "up-link").symlink_to(tmp_path)
+    (tmp_path / "outside.jpg").write_bytes((photos_dir / "coffee.jpg").read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../../../../etc/passwd",
+        "../../../../../../../../../../etc/passwd",
+        "/etc/hostname",
+        "/etc/passwd",
+        "file:///etc/passwd",
+        "file://localhost/etc/passwd",
+        "file:///etc/%70asswd",  # percent-encoded
+        "sub/../../../../outside.jpg",
+        "etc-link.jpg",  # a symlink inside the folder that points outside
+        "up-link/outside.jpg",  # a symlinked folder that leads outside
+        "../../outside.jpg",
+    ],
+)
+def test_local_paths_stay_inside_the_catalog_folder(path: str, catalog_dir: Path) -> None:
+    limits = FetchLimits(local_root=str(catalog_dir))
+    with pytest.raises(ImageRefused) as info:
+        fetch.read_local_file(path, limits)
+    assert info.value.reason == "outside_catalog_folder"
+    assert "root:" not in info.value.message and "outside_catalog_folder" in REASONS
+
+
+def test_paths_inside_the_folder_still_work(catalog_dir: Path) -> None:
+    limits = FetchLimits(local_root=str(catalog_dir))
+    assert refusal("sub/coffee.jpg", limits) == "ok"
+    assert refusal("./sub/../sub/coffee.jpg", limits) == "ok"
+    assert refusal(str(catalog_dir / "sub" / "coffee.jpg"), limits) == "ok"
+    assert refusal(f"file://{catalog_dir / 'sub' / 'coffee.jpg'}", limits) == "ok"
+
+
+def test_an_allowed_root_widens_what_local_paths_may_reach(catalog_dir: Path) -> None:
+    wider = catalog_dir.parents[2]  # tmp_path: holds outside.jpg
+    limits = FetchLimits(local_root=str(catalog_dir), local_allowed_root=str(wider))
+    assert refusal("../../../outside.jpg", limits) == "ok"
+    assert refusal("up-link/outside.jpg", limits) == "ok"
+    assert refusal("/etc/hostname", limits) == "outside_catalog_folder"
+
+
+def test_a_non_image_local_file_is_refused_without_its_bytes(tmp_path: Path) -> None:
+    (tmp_path / "passwd.jpg").write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    from modal_workers.embedders import load_embedder
+    from modal_workers.pipeline import embed_refs
+    from modal_workers.types import ImageRef
+
+    output = embed_refs(
+        [ImageRef(1, "passwd.jpg")],
+        ["color"],
+        load_embedder("histogram"),
+        FetchLimits(local_root=str(tmp_path)),
+    )
+    (failure,) = output.failures
+    assert failure.reason == "not_an_image"
+    assert "root" not in failure.message and "32 bytes" in failure.message
