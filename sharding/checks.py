@@ -1,4 +1,8 @@
-"""Alignment checks of a committed store: counts, ids, objects, sha256, dimensions, norms."""
+"""Alignment checks of a committed store: counts, ids, objects, digests, dimensions, norms.
+
+The full audit: every committed object is read and both of its committed digests compared
+(XXH3-128 and sha256), where a build reads only what it builds on (sharding.resume).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ from typing import Any, Literal
 import numpy as np
 
 from sharding import names
-from sharding.codec import ProductId, decode_ids, decode_index, index_vectors, sha256_hex
+from sharding.codec import ProductId, decode_ids, decode_index, index_vectors
+from sharding.digests import match_committed
 from sharding.errors import ObjectNotFound, StateError
 from sharding.progress import Progress, ShardRecord
+from sharding.resume import consistency_problems, rollback_problem, uncommitted_objects
 from sharding.state import (
     committed_ids,
     committed_index,
@@ -22,7 +28,6 @@ from sharding.state import (
     shard_records,
 )
 from sharding.storage import Storage
-from sharding.writer import uncommitted_objects
 
 Severity = Literal["error", "warning"]
 
@@ -115,6 +120,14 @@ def check_store(
     if progress is None:
         report.add(None, "no_progress", f"{names.PROGRESS} is missing: nothing was committed")
         return report
+    for problem in consistency_problems(progress):
+        report.add(None, "inconsistent_commit", problem)
+    try:
+        rolled_back = rollback_problem(storage, progress)
+    except StateError as exc:  # a storage answer other than found / not found
+        rolled_back = str(exc)
+    if rolled_back:
+        report.add(None, "rolled_back", rolled_back)
     wanted = list(kinds) if kinds else list(progress.kinds)
     for kind in wanted:
         if kind not in progress.kinds:
@@ -204,11 +217,11 @@ def _checked_vectors(
             Problem(kind, "dimension", f"{record.name}: dimension {index.d}, committed {dim}")
         )
         return None
-    exact = record.index_matches(data)
-    if exact and sha256_hex(data) == record.sha256:  # both digests audited
+    match = match_committed(record.name, data, record.index_digests, audit=True)
+    if match.committed:  # both digests audited
         return index_vectors(index)
     try:
-        index, _ = committed_index(data, record, dim, exact=exact)
+        index, _ = committed_index(data, record, dim, match)
     except StateError as exc:
         result.problems.append(Problem(kind, "sha256_mismatch", str(exc)))
         return None
@@ -220,8 +233,9 @@ def _checked_vectors(
 def _checked_ids(
     data: bytes, record: ShardRecord, kind: str, result: _ShardResult
 ) -> list[ProductId] | None:
+    match = match_committed(record.id_map, data, record.id_map_digests, audit=True)
     try:
-        ids, trimmed = committed_ids(data, record)
+        ids, trimmed = committed_ids(data, record, match)
     except StateError as exc:
         result.problems.append(Problem(kind, "sha256_mismatch", str(exc)))
         return None
@@ -330,7 +344,9 @@ def _check_objects(
     leftovers = set(uncommitted_objects(listed, progress, kinds))
     for name in listed:
         parsed = names.parse(name)
-        if name in (names.PROGRESS, names.LEASE) or (parsed and parsed.kind not in (None, *kinds)):
+        if name in (names.PROGRESS, names.LEASE, names.LAST_COMMIT) or (
+            parsed and parsed.kind not in (None, *kinds)
+        ):
             continue
         if name in leftovers:
             report.add(

@@ -14,12 +14,17 @@ import numpy as np
 import orjson
 import xxhash
 
+from sharding.errors import ProductIdRefused
+
 ProductId = int | str
 Buffer = bytes | bytearray | memoryview
+# Integer ids must survive every JSON reader exactly: orjson (and most tools) read integers
+# outside int64/uint64 as floats.
+INT_ID_MIN, INT_ID_MAX = -(2**63), 2**64 - 1
 
 
 def sha256_hex(*parts: Buffer) -> str:
-    """sha256 of the parts concatenated (the digest DESIGN §3 commits, for outside tools)."""
+    """sha256 of the parts concatenated (the digest committed for outside tools, docs/store-format.md)."""
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part)
@@ -110,11 +115,38 @@ def encode_ids(ids: Sequence[ProductId]) -> bytes:
 
 
 def decode_ids(data: bytes) -> list[ProductId]:
-    """The ids of an id map. orjson, not json: twice as fast, a sixth of loading an index."""
+    """The ids of an id map, exactly. orjson, not json: twice as fast, a sixth of loading an index.
+
+    orjson reads integers beyond uint64 as floats; an id map holding one (written before such
+    ids were refused) is read again with json, which keeps them exact. A real float is refused.
+    """
     ids: Any = orjson.loads(data)  # its JSONDecodeError is a ValueError, as json's
     if not isinstance(ids, list):
         raise ValueError("an id map must be a JSON array")
+    if not set(map(type, ids)) <= {int, str}:
+        ids = json.loads(data)
+        odd = next((i for i in ids if type(i) not in (int, str)), None)
+        if odd is not None:
+            raise ValueError(f"an id map holds {type(odd).__name__} ids; ids are ints or strings")
     return ids
+
+
+def refuse_inexact_id(product_id: object) -> None:
+    """Raise ProductIdRefused for an id the store cannot keep exactly: ids are str, or int in
+    int64/uint64 range (bool is not an id)."""
+    if type(product_id) is str:
+        return
+    if type(product_id) is int:
+        if INT_ID_MIN <= product_id <= INT_ID_MAX:
+            return
+        digits = int(product_id.bit_length() * 0.30103) + 1  # str() refuses > 4300 digits
+        raise ProductIdRefused(
+            f"product id of about {digits} digits is outside int64/uint64: integer ids must lie in "
+            f"[{INT_ID_MIN}, {INT_ID_MAX}] (use a string id for larger numbers)"
+        )
+    raise ProductIdRefused(
+        f"product id of type {type(product_id).__name__} refused: ids are int or str"
+    )
 
 
 @cache

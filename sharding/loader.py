@@ -6,7 +6,7 @@ import contextlib
 import functools
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 
 from sharding.codec import ProductId, flat_ip_header, flat_ip_layout_holds
+from sharding.digests import Digests, Match, match_committed, trusted
 from sharding.errors import ObjectNotFound, StateError
 from sharding.local_store import read_file_into
 from sharding.progress import Progress, ShardRecord
@@ -27,7 +28,7 @@ from sharding.state import (
 )
 from sharding.storage import ReadsInto, Storage
 
-# faiss-cpu skips BLAS below this many queries; BLAS is ~13x faster at 100 queries (DESIGN §7).
+# faiss-cpu skips BLAS below this many queries; BLAS is ~13x faster at 100 queries (measured).
 _BLAS_THRESHOLD = 20
 
 
@@ -142,11 +143,11 @@ def _load_shard_into(
     source: _ShardSource, record: ShardRecord, dim: int, out: np.ndarray
 ) -> list[ProductId]:
     if not source.read_vectors_into(record, dim, out):
-        data, exact = source.fetch(record.name, record.sha256, record.index_matches)
-        vectors, _ = committed_vectors(data, record, dim, exact=exact)
+        data, match = source.fetch(record.name, record.index_digests)
+        vectors, _ = committed_vectors(data, record, dim, match)
         out[:] = vectors
-    id_data, id_exact = source.fetch(record.id_map, record.id_map_sha256, record.id_map_matches)
-    ids, _ = committed_ids(id_data, record, exact=id_exact)
+    id_data, id_match = source.fetch(record.id_map, record.id_map_digests)
+    ids, _ = committed_ids(id_data, record, id_match)
     if len(ids) != len(out):
         raise StateError(f"{record.id_map}: {len(ids)} ids for {len(out)} vectors")
     return ids
@@ -183,7 +184,10 @@ class _ShardSource:
         buffers = [memoryview(head), out.data.cast("B")]
 
         def exact() -> bool:
-            return head == header and record.index_matches(*buffers)
+            return (
+                head == header
+                and match_committed(record.name, buffers, record.index_digests).committed
+            )
 
         cached = self._cached(record.sha256)
         with contextlib.suppress(FileNotFoundError):
@@ -205,18 +209,21 @@ class _ShardSource:
             _write_atomic(cached, *buffers)
         return True
 
-    def fetch(self, name: str, sha256: str, matches: Callable[[bytes], bool]) -> tuple[bytes, bool]:
-        """An object's bytes and whether they are exactly the committed ones."""
-        cached = self._cached(sha256)
+    def fetch(self, name: str, digests: Digests) -> tuple[bytes, Match]:
+        """An object's bytes and match_committed's answer for them."""
+        cached = self._cached(digests.sha256)
         if cached is not None and cached.is_file():
             data = cached.read_bytes()
-            if self.trust or matches(data):
-                return data, True
+            if self.trust:
+                return data, trusted(name)
+            match = match_committed(name, data, digests)
+            if match.committed:
+                return data, match
         data = fetch_committed(self.storage.get, name)
-        exact = matches(data)
-        if exact and cached is not None:
+        match = match_committed(name, data, digests)
+        if match.committed and cached is not None:
             _write_atomic(cached, data)
-        return data, exact
+        return data, match
 
 
 def _write_atomic(path: Path, *parts: bytes | bytearray | memoryview) -> None:

@@ -6,13 +6,17 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sharding.codec import Buffer, ProductId, sha256_hex, xxh3_hex
+from sharding.codec import ProductId
+from sharding.digests import Digests
 
-# 2 adds the XXH3-128 checksums of shard objects; stores of format 1 are read and resumed (their
-# records are verified by sha256) and written as format 2 from the next commit on.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+# 2 adds the XXH3-128 checksums of shard objects; 3 adds the model's weight digest and each
+# kind's largest indexed id (max_id). Stores of formats 1 and 2 are read and resumed (format 1
+# records are verified by sha256; a missing max_id is computed once from the id maps) and are
+# written as format 3 from the next commit on. See docs/store-format.md.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 UNKNOWN_BRAND = "(none)"
+BRAND_CHARS = 200  # longer brands are cut to this many characters in vectors_per_brand
 
 
 class _Model(BaseModel):
@@ -22,8 +26,8 @@ class _Model(BaseModel):
 class ShardRecord(_Model):
     """One committed shard: its two objects, vector count and two digests of each object.
 
-    sha256 is the contract for outside tools (DESIGN §3); readers verify the XXH3-128 checksum,
-    15 times faster, when the record has one (format 1 records have only sha256).
+    sha256 is the contract for outside tools (docs/store-format.md); readers verify the XXH3-128
+    checksum, 15 times faster, when the record has one (format 1 records have only sha256).
     """
 
     number: int
@@ -36,17 +40,13 @@ class ShardRecord(_Model):
     id_map_xxh3: str | None = None
     sealed: bool
 
-    def index_matches(self, *parts: Buffer) -> bool:
-        """Whether the parts, concatenated, are the committed bytes of the index object."""
-        if self.xxh3 is not None:
-            return xxh3_hex(*parts) == self.xxh3
-        return sha256_hex(*parts) == self.sha256
+    @property
+    def index_digests(self) -> Digests:
+        return Digests(self.sha256, self.xxh3)
 
-    def id_map_matches(self, *parts: Buffer) -> bool:
-        """Whether the parts, concatenated, are the committed bytes of the id-map object."""
-        if self.id_map_xxh3 is not None:
-            return xxh3_hex(*parts) == self.id_map_xxh3
-        return sha256_hex(*parts) == self.id_map_sha256
+    @property
+    def id_map_digests(self) -> Digests:
+        return Digests(self.id_map_sha256, self.id_map_xxh3)
 
 
 class SegmentRef(_Model):
@@ -58,6 +58,10 @@ class SegmentRef(_Model):
     vectors: int
     first_shard: int
     last_shard: int
+
+    @property
+    def digests(self) -> Digests:
+        return Digests(self.sha256)
 
 
 class ManifestSegment(_Model):
@@ -83,6 +87,10 @@ class FailureChunkRef(_Model):
     sha256: str
     count: int
 
+    @property
+    def digests(self) -> Digests:
+        return Digests(self.sha256)
+
 
 class FailureChunk(_Model):
     """Content of failed_{NNNNN}.json."""
@@ -104,6 +112,8 @@ class KindProgress(_Model):
 
     dim: int
     cursor: ProductId | None = None
+    # The largest id indexed (format 3; None with vectors: a format 1/2 kind, computed on resume).
+    max_id: ProductId | None = None
     total_vectors: int = 0
     vectors_per_brand: dict[str, int] = Field(default_factory=dict)
     segments: list[SegmentRef] = Field(default_factory=list)
@@ -131,6 +141,7 @@ class Progress(_Model):
     written_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     embedder: str
     model: str
+    model_digest: str | None = None  # a digest of the weights (format 3); None: not known
     shard_max_vectors: int
     shard_max_bytes: int
     kinds: dict[str, KindProgress] = Field(default_factory=dict)
@@ -150,3 +161,14 @@ class Progress(_Model):
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
+
+
+class LastCommit(_Model):
+    """Content of last_commit.json, written after each progress.json: which commit that was.
+
+    A progress.json whose commit_seq is below it was put back from an older copy.
+    """
+
+    commit_seq: int
+    run_id: str
+    progress_sha256: str

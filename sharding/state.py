@@ -1,4 +1,8 @@
-"""Reading the committed state: progress.json, manifest segments, failure chunks, shards."""
+"""Reading the committed state: progress.json, manifest segments, failure chunks, shards.
+
+Whether bytes are the committed ones is answered in one place, sharding.digests.match_committed;
+the functions here take its answer (a Match) instead of hashing again.
+"""
 
 from __future__ import annotations
 
@@ -18,18 +22,34 @@ from sharding.codec import (
     encode_index,
     flat_ip_vectors,
     index_vectors,
-    sha256_hex,
 )
+from sharding.digests import Digests, Match, match_committed
 from sharding.errors import ObjectNotFound, StateError
 from sharding.progress import (
     READABLE_FORMATS,
     FailureChunk,
+    FailureLog,
     FailureRecord,
     ManifestSegment,
     Progress,
     ShardRecord,
 )
 from sharding.storage import Storage
+
+__all__ = [
+    "CommittedShard",
+    "committed_ids",
+    "committed_index",
+    "committed_vectors",
+    "fetch_committed",
+    "get_verified",
+    "list_failures",
+    "load_shard",
+    "read_failure_log",
+    "read_progress",
+    "require_progress",
+    "shard_records",
+]
 
 
 def read_progress(storage: Storage) -> Progress | None:
@@ -57,20 +77,24 @@ def require_progress(storage: Storage) -> Progress:
     return progress
 
 
-DIFFERS = f"bytes differ from the ones committed in {names.PROGRESS}"
+Fetch = Callable[[str], bytes]
 
 
-def get_verified(storage: Storage, name: str, matches: Callable[[bytes], bool]) -> bytes:
-    """An object's bytes, refused unless `matches` says they are the committed ones."""
+def fetch_committed(fetch: Fetch, name: str) -> bytes:
+    """An object progress.json names; missing is a StateError (the store is damaged)."""
+    try:
+        return fetch(name)
+    except ObjectNotFound as exc:
+        raise StateError(f"{name} is named by {names.PROGRESS} but missing") from exc
+
+
+def get_verified(storage: Storage, name: str, digests: Digests) -> bytes:
+    """An object's bytes, refused unless they are the committed ones."""
     data = fetch_committed(storage.get, name)
-    if not matches(data):
-        raise StateError(f"{name}: {DIFFERS}")
+    match = match_committed(name, data, digests)
+    if not match.committed:
+        raise StateError(match.describe())
     return data
-
-
-def sha256_is(sha256: str) -> Callable[[bytes], bool]:
-    """A `matches` for objects committed by sha256 only (manifest segments, failure chunks)."""
-    return lambda data: sha256_hex(data) == sha256
 
 
 def shard_records(storage: Storage, progress: Progress, kind: str) -> list[ShardRecord]:
@@ -80,25 +104,30 @@ def shard_records(storage: Storage, progress: Progress, kind: str) -> list[Shard
         raise StateError(f"kind {kind!r} was never committed to {storage.describe()}")
     records: list[ShardRecord] = []
     for ref in kp.segments:
-        segment = ManifestSegment.model_validate_json(
-            get_verified(storage, ref.name, sha256_is(ref.sha256))
-        )
+        segment = ManifestSegment.model_validate_json(get_verified(storage, ref.name, ref.digests))
         records.extend(segment.shards)
     return records + list(kp.shards)
 
 
 def list_failures(storage: Storage, progress: Progress | None = None) -> list[FailureRecord]:
-    """All durable failures (id, reason, message, kinds, run), oldest first."""
+    """All durable failure records (id, reason, message, kinds, run), oldest first.
+
+    Per-kind runs record one failure per product per run: an id can appear more than once
+    (sharding.failures.failed_ids groups them).
+    """
     progress = progress or read_progress(storage)
     if progress is None:
         return []
-    failures: list[FailureRecord] = []
-    for ref in progress.failures.chunks:
-        chunk = FailureChunk.model_validate_json(
-            get_verified(storage, ref.name, sha256_is(ref.sha256))
-        )
-        failures.extend(chunk.failures)
-    return failures + list(progress.failures.recent)
+    return read_failure_log(storage, progress.failures)
+
+
+def read_failure_log(storage: Storage, log: FailureLog) -> list[FailureRecord]:
+    """The records of a failure log: its chunks (each verified) then the recent ones."""
+    records: list[FailureRecord] = []
+    for ref in log.chunks:
+        chunk = FailureChunk.model_validate_json(get_verified(storage, ref.name, ref.digests))
+        records.extend(chunk.failures)
+    return records + list(log.recent)
 
 
 @dataclass
@@ -110,87 +139,80 @@ class CommittedShard:
     trimmed: bool
 
 
-Fetch = Callable[[str], bytes]
-
-
-def load_shard(
-    storage: Storage, record: ShardRecord, dim: int, fetch: Fetch | None = None
-) -> CommittedShard:
+def load_shard(storage: Storage, record: ShardRecord, dim: int) -> CommittedShard:
     """Read a committed shard; an open shard overwritten by an uncommitted run is truncated back."""
-    fetch = fetch or storage.get
-    vectors, trimmed_vectors = committed_vectors(fetch_committed(fetch, record.name), record, dim)
-    ids, trimmed_ids = committed_ids(fetch_committed(fetch, record.id_map), record)
+    data = fetch_committed(storage.get, record.name)
+    vectors, trimmed_vectors = committed_vectors(
+        data, record, dim, match_committed(record.name, data, record.index_digests)
+    )
+    id_data = fetch_committed(storage.get, record.id_map)
+    ids, trimmed_ids = committed_ids(
+        id_data, record, match_committed(record.id_map, id_data, record.id_map_digests)
+    )
     return CommittedShard(vectors, ids, trimmed_vectors or trimmed_ids)
 
 
-def fetch_committed(fetch: Fetch, name: str) -> bytes:
-    """An object progress.json names; missing is a StateError (the store is damaged)."""
-    try:
-        return fetch(name)
-    except ObjectNotFound as exc:
-        raise StateError(f"{name} is named by {names.PROGRESS} but missing") from exc
-
-
 def committed_vectors(
-    data: bytes, record: ShardRecord, dim: int, *, exact: bool | None = None
+    data: bytes, record: ShardRecord, dim: int, match: Match
 ) -> tuple[np.ndarray, bool]:
     """The committed (record.vectors, dim) float32 vectors of a shard file; `trimmed` as below.
 
-    `exact` says data is already known to hash to the committed sha256 (None: hash it here).
-    The committed file itself is read as a zero-copy view of `data`, not decoded by faiss: a
-    faiss decode costs a zero-filled allocation and a copy per shard for the same floats.
+    `match` is match_committed's answer for `data`. The committed file itself is read as a
+    zero-copy view of `data`, not decoded by faiss: a faiss decode costs a zero-filled
+    allocation and a copy per shard for the same floats.
     """
-    if exact is None:
-        exact = record.index_matches(data)
-    if exact:
+    if match.committed:
         view = flat_ip_vectors(data, dim, record.vectors)
         if view is not None:
             return view, False
-    index, trimmed = committed_index(data, record, dim, exact=exact)
+    index, trimmed = committed_index(data, record, dim, match)
     if index.ntotal != record.vectors:
         raise StateError(f"{record.name}: {index.ntotal} vectors, {record.vectors} committed")
     return index_vectors(index), trimmed
 
 
 def committed_index(
-    data: bytes, record: ShardRecord, dim: int, *, exact: bool | None = None
+    data: bytes, record: ShardRecord, dim: int, match: Match
 ) -> tuple[faiss.Index, bool]:
-    """The committed index of a shard file, an uncommitted tail cut off; `exact` as above."""
-    if exact is None:
-        exact = record.index_matches(data)
-    if not exact and record.sealed:
-        raise StateError(f"{record.name}: {DIFFERS} (sealed shard)")
+    """The committed index of a shard file, an uncommitted tail cut off (open shards only)."""
+    if not match.committed and (record.sealed or _digest_disagrees(match)):
+        raise StateError(match.describe() + (" (sealed shard)" if record.sealed else ""))
     try:
         index = decode_index(data)
     except RuntimeError as exc:
         raise StateError(f"{record.name}: not a readable FAISS index ({exc})") from exc
     if index.d != dim:
         raise StateError(f"{record.name}: dimension {index.d}, committed dimension {dim}")
-    if exact:
+    if match.committed:
         return index, False
     if index.ntotal < record.vectors:
         raise StateError(f"{record.name}: {index.ntotal} vectors, {record.vectors} committed")
     kept = encode_index(index_vectors(index)[: record.vectors], dim)
-    if not record.index_matches(kept):
+    kept_match = match_committed(record.name, kept, record.index_digests, audit=match.audit)
+    if not kept_match.committed:
         raise StateError(f"{record.name}: committed part differs from the commit's checksum")
     return decode_index(kept), True
 
 
-def committed_ids(
-    data: bytes, record: ShardRecord, *, exact: bool | None = None
-) -> tuple[list[ProductId], bool]:
-    """The committed ids of an id-map file; `exact` as for committed_vectors."""
-    if exact is None:
-        exact = record.id_map_matches(data)
-    if not exact and record.sealed:
-        raise StateError(f"{record.id_map}: {DIFFERS} (sealed shard)")
+def committed_ids(data: bytes, record: ShardRecord, match: Match) -> tuple[list[ProductId], bool]:
+    """The committed ids of an id-map file (an uncommitted tail cut off); `match` as above."""
+    if not match.committed and (record.sealed or _digest_disagrees(match)):
+        raise StateError(match.describe() + (" (sealed shard)" if record.sealed else ""))
     try:
         ids = decode_ids(data)
     except ValueError as exc:
         raise StateError(f"{record.id_map}: not a JSON id array ({exc})") from exc
-    if exact:
+    if match.committed:
         return ids, False
     kept = ids[: record.vectors]
-    if len(ids) < record.vectors or not record.id_map_matches(encode_ids(kept)):
+    kept_match = match_committed(
+        record.id_map, encode_ids(kept), record.id_map_digests, audit=match.audit
+    )
+    if len(ids) < record.vectors or not kept_match.committed:
         raise StateError(f"{record.id_map}: committed part differs from the commit's checksum")
     return kept, True
+
+
+def _digest_disagrees(match: Match) -> bool:
+    """One digest matches the whole object and the other does not: an edited record, not a tail."""
+    return {match.xxh3, match.sha256} == {True, False}

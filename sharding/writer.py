@@ -1,10 +1,13 @@
-"""The shard writer: append per kind, seal before the limits, commit with progress.json last."""
+"""The shard writer: append per kind, seal before the limits, commit with progress.json last.
+
+The failure log lives in sharding.failures, resume checks and the verification of what a run
+builds on in sharding.resume, the settings in sharding.config.
+"""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -17,17 +20,17 @@ from sharding.codec import (
     decode_ids,
     encode_ids,
     encode_index,
+    refuse_inexact_id,
     sha256_hex,
-    shard_capacity,
     xxh3_hex,
 )
-from sharding.errors import ResumeRefused, StateError
+from sharding.config import BuildConfig, RollupLimits
+from sharding.errors import StateError
+from sharding.failures import FailureJournal, FailureLike, failed_ids, kinds_by_product
 from sharding.progress import (
+    BRAND_CHARS,
     FORMAT_VERSION,
     UNKNOWN_BRAND,
-    FailureChunk,
-    FailureChunkRef,
-    FailureLog,
     FailureRecord,
     KindProgress,
     ManifestSegment,
@@ -35,68 +38,33 @@ from sharding.progress import (
     SegmentRef,
     ShardRecord,
 )
-from sharding.state import (
-    get_verified,
-    list_failures,
-    load_shard,
-    read_progress,
-    shard_records,
+from sharding.resume import (
+    NOTHING_WRITTEN,
+    check_not_rolled_back,
+    check_resume,
+    cursor_problem,
+    largest_indexed_id,
+    last_commit_marker,
+    uncommitted_objects,
 )
+from sharding.state import get_verified, load_shard, read_progress, shard_records
 from sharding.storage import CrashingStorage, Storage
 
-_KIND_NAME = re.compile(r"^[a-z][a-z_]*$")
-_CHUNK_NUMBER = re.compile(r"(\d+)")
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """What a build promises to keep constant across resumes."""
-
-    embedder: str
-    model: str
-    dims: Mapping[str, int]
-    shard_max_vectors: int = 1000
-    shard_max_bytes: int = 45_000_000
-
-    def __post_init__(self) -> None:
-        if not self.dims:
-            raise ValueError("BuildConfig.dims names no kind to build")
-        for kind, dim in self.dims.items():
-            if not _KIND_NAME.match(kind) or dim < 1:
-                raise ValueError(f"bad kind/dimension {kind!r}: {dim}")
-            if self.capacity(kind) < 1:
-                raise ValueError(
-                    f"shard_max_bytes {self.shard_max_bytes} is below one {dim}-d vector"
-                )
-
-    def capacity(self, kind: str) -> int:
-        return shard_capacity(self.dims[kind], self.shard_max_vectors, self.shard_max_bytes)
-
-
-@dataclass(frozen=True)
-class RollupLimits:
-    """How many records progress.json keeps inline before rolling them into immutable objects."""
-
-    segment_shards: int = 100
-    failure_chunk: int = 200
-    message_chars: int = 500
-
-
-@dataclass(frozen=True)
-class FailedProduct:
-    id: ProductId
-    reason: str
-    message: str = ""
+# Application code imports these from here (tasks/build.py).
+__all__ = ["BuildConfig", "EmbeddedBatch", "IndexWriter", "RollupLimits", "check_resume"]
 
 
 @dataclass
 class EmbeddedBatch:
-    """One catalog batch after embedding: the successful products (aligned) and the failures."""
+    """One catalog batch after embedding: the successful products (aligned) and the failures.
+
+    `failures` holds any objects with .id, .reason and .message (FailureLike).
+    """
 
     ids: list[ProductId]
     brands: list[str | None]
     vectors: dict[str, np.ndarray]
-    failures: list[FailedProduct] = field(default_factory=list)
+    failures: Sequence[FailureLike] = field(default_factory=list)
     last_id: ProductId | None = None  # largest catalog id covered; None: largest id seen here
 
     def covered_until(self) -> ProductId:
@@ -110,6 +78,12 @@ class EmbeddedBatch:
 
 def _after(product_id: ProductId, cursor: ProductId | None) -> bool:
     return cursor is None or product_id > cursor  # type: ignore[operator]
+
+
+def _brand(brand: str | None) -> str:
+    """The brand as counted in vectors_per_brand: bounded, so one huge brand cannot bloat
+    every progress.json (see docs/store-format.md)."""
+    return UNKNOWN_BRAND if not brand else str(brand)[:BRAND_CHARS]
 
 
 @dataclass
@@ -151,6 +125,7 @@ class _KindState:
     dim: int
     capacity: int
     cursor: ProductId | None
+    max_id: ProductId | None
     total: int
     brands: Counter[str]
     segments: list[SegmentRef]
@@ -167,12 +142,17 @@ class _KindState:
             self.open.extend(ids[start : start + take], vectors[start : start + take])
             self.open_dirty = True
             start += take
-            if len(self.open.ids) == self.capacity:
-                self._seal()
+            if len(self.open.ids) >= self.capacity:
+                self.seal()
+        if ids:
+            largest = max(ids)  # type: ignore[type-var]
+            if self.max_id is None or largest > self.max_id:  # type: ignore[operator]
+                self.max_id = largest
         self.total += len(ids)
         self.brands.update(brands)
 
-    def _seal(self) -> None:
+    def seal(self) -> None:
+        """Seal the open shard as it is (also when a smaller limit leaves it over the capacity)."""
         index_bytes, id_bytes = self.open.encode()
         record = self.open.record(index_bytes, id_bytes, self.kind, sealed=True)
         self.uploads[record.name] = index_bytes
@@ -186,6 +166,7 @@ class _KindState:
         return KindProgress(
             dim=self.dim,
             cursor=self.cursor,
+            max_id=self.max_id,
             total_vectors=self.total,
             vectors_per_brand=dict(sorted(self.brands.items())),
             segments=list(self.segments),
@@ -223,7 +204,7 @@ class IndexWriter:
         self._kinds = kinds
         self._before_commit = before_commit
         self._rollup = rollup
-        self._failures = progress.failures.model_copy(deep=True)
+        self._failures = FailureJournal(storage, progress.failures, run_id, rollup)
         self._inflight: Progress | None = None
 
     @classmethod
@@ -238,16 +219,25 @@ class IndexWriter:
         before_commit: Callable[[], None] | None = None,
         rollup: RollupLimits | None = None,
     ) -> IndexWriter:
-        """Read progress.json as the truth, refuse a mismatching resume, restore open shards."""
+        """Read progress.json as the truth and refuse, before any write, a resume with other
+        settings, a commit that contradicts itself or was rolled back; restore the open shards.
+
+        Reads progress.json, last_commit.json and the open shard of each kind this run builds,
+        nothing else (format 1/2 stores: their id maps once, for max_id). `check` audits the rest.
+        """
         committed = read_progress(storage)
         if committed is not None:
             check_resume(committed, config, storage.describe())
-        if committed is not None:
-            verify_committed(storage, committed, list(config.dims))
+            check_not_rolled_back(storage, committed)
         progress = committed or _empty_progress(config, run_id)
         if crash_after_writes is not None:
             storage = CrashingStorage(storage, crash_after_writes, crash_when)
-        kinds = {kind: _restore_kind(storage, progress, config, kind) for kind in config.dims}
+        try:
+            kinds = {kind: _restore_kind(storage, progress, config, kind) for kind in config.dims}
+        except StateError as exc:
+            raise StateError(
+                f"refusing to resume {storage.describe()}: {exc}; {NOTHING_WRITTEN}"
+            ) from exc
         return cls(
             storage, config, run_id, progress, kinds, before_commit, rollup or RollupLimits()
         )
@@ -267,7 +257,7 @@ class IndexWriter:
         """Append, per kind, the products past that kind's cursor; upload shards sealed here."""
         until = self._validate(batch)
         # All in-memory changes first, uploads last: a retried add_batch then skips what landed.
-        self._record_failures(batch.failures)
+        self._failures.record(batch.failures, self._kinds_past_cursor)
         for state in self._kinds.values():
             self._append(state, batch, until)
         self._flush_sealed()
@@ -276,15 +266,14 @@ class IndexWriter:
         """Index recorded failures that now embed, in the kinds they failed in; keep the rest.
 
         `batch.ids` are products that embedded this time and `batch.failures` the ones that
-        failed again; all must be recorded failures. The failure log is rewritten into chunks
-        with new names (the committed ones stay until a commit no longer names them), so this
-        costs O(failures): it runs only when a user asks for it. Returns the ids indexed.
+        failed again; all must be recorded failures (send each once: `failed_ids`). The failure
+        log is rewritten into chunks with new names (the committed ones stay until a commit no
+        longer names them), so this costs O(failures): it runs only when a user asks for it.
+        Returns the ids indexed.
         """
         self._validate(batch)
         records = self.failures()
-        failed_in: dict[ProductId, set[str]] = {}
-        for record in records:  # per-kind runs each record their own failure of one product
-            failed_in.setdefault(record.id, set()).update(record.kinds)
+        failed_in = kinds_by_product(records)  # per-kind runs each record their own failure
         strangers = [
             pid for pid in [*batch.ids, *(f.id for f in batch.failures)] if pid not in failed_in
         ]
@@ -294,40 +283,24 @@ class IndexWriter:
         for state in self._kinds.values():
             rows = [i for i, pid in enumerate(batch.ids) if state.kind in failed_in[pid]]
             vectors = np.asarray(batch.vectors[state.kind][rows], dtype=np.float32)
-            brands = [batch.brands[i] or UNKNOWN_BRAND for i in rows]
+            brands = [_brand(batch.brands[i]) for i in rows]
             state.append([batch.ids[i] for i in rows], vectors, brands)
             for i in rows:
                 fixed.setdefault(batch.ids[i], set()).add(state.kind)
-        again = {f.id: f for f in batch.failures}
-        kept = self._still_failed(records, fixed, again)
-        self._failures = FailureLog(total=len(kept), recent=kept)
+        self._failures.settle_retry(records, fixed, batch.failures)
         self._flush_sealed()
         return [pid for pid in batch.ids if pid in fixed]
 
     def failures(self) -> list[FailureRecord]:
-        """Every failure this writer knows: committed chunks (verified) and the recent ones."""
-        return list_failures(
-            self.storage, self.progress.model_copy(update={"failures": self._failures})
-        )
+        """Every failure record this writer knows: committed chunks (verified) and recent ones.
 
-    def _still_failed(
-        self,
-        records: Sequence[FailureRecord],
-        fixed: Mapping[ProductId, set[str]],
-        again: Mapping[ProductId, FailedProduct],
-    ) -> list[FailureRecord]:
-        kept = []
-        for record in records:
-            kinds = [kind for kind in record.kinds if kind not in fixed.get(record.id, set())]
-            if not kinds:
-                continue
-            update: dict[str, object] = {"kinds": kinds}
-            if record.id in again:
-                failure = again[record.id]
-                message = failure.message[: self._rollup.message_chars]
-                update |= {"reason": failure.reason, "message": message, "run_id": self.run_id}
-            kept.append(record.model_copy(update=update))
-        return kept
+        A product can have several records (one per kind run); `failed_ids` lists each once."""
+        return self._failures.records()
+
+    def failed_ids(self, kinds: Iterable[str] | None = None) -> list[ProductId]:
+        """Each recorded failure once, oldest first, that failed in any of `kinds` (default:
+        the kinds this run builds): the list to retry, in batches of any size."""
+        return failed_ids(self.failures(), list(self._kinds) if kinds is None else kinds)
 
     def commit(self) -> Progress:
         """Write what changed, check the lease, write progress.json last, assert the counts."""
@@ -338,8 +311,11 @@ class IndexWriter:
             return self.progress
         self._guard()
         self._inflight = candidate
-        self.storage.put(names.PROGRESS, candidate.to_bytes())
+        data = candidate.to_bytes()
+        self.storage.put(names.PROGRESS, data)
         self._inflight, self.progress = None, candidate
+        # After the commit point: a crash before this leaves the marker one commit behind.
+        self.storage.put(names.LAST_COMMIT, last_commit_marker(candidate, data))
         for state in self._kinds.values():
             state.assert_aligned()
         return candidate
@@ -354,8 +330,24 @@ class IndexWriter:
         self.storage.delete(uncommitted_objects(self.storage.list(), progress, list(self._kinds)))
         return progress
 
+    def _kinds_past_cursor(self, product_id: ProductId) -> list[str]:
+        return [k for k, state in self._kinds.items() if _after(product_id, state.cursor)]
+
     def _validate(self, batch: EmbeddedBatch) -> ProductId:
         n = len(batch.ids)
+        for product_id in [*batch.ids, *(f.id for f in batch.failures), batch.last_id]:
+            if product_id is not None:
+                refuse_inexact_id(product_id)
+        types = {type(pid) for pid in [*batch.ids, *(f.id for f in batch.failures)]}
+        types |= {type(batch.last_id)} if batch.last_id is not None else set()
+        if len(types) > 1:
+            raise ValueError("EmbeddedBatch: ids mix int and string ids")
+        for state in self._kinds.values():
+            if types and state.cursor is not None and {type(state.cursor)} != types:
+                raise StateError(
+                    f"{state.kind}: the store's ids are {type(state.cursor).__name__}s, this "
+                    f"batch's are {types.pop().__name__}s (the catalog's id type changed)"
+                )
         if len(batch.brands) != n or len(set(batch.ids)) != n:
             raise ValueError("EmbeddedBatch: ids must be unique and aligned with brands")
         for kind, dim in self.config.dims.items():
@@ -368,30 +360,13 @@ class IndexWriter:
             raise ValueError(f"EmbeddedBatch: ids past last_id {until!r}")
         return until
 
-    def _record_failures(self, failures: Sequence[FailedProduct]) -> None:
-        for failure in failures:
-            kinds = [k for k, state in self._kinds.items() if _after(failure.id, state.cursor)]
-            if kinds:
-                message = failure.message[: self._rollup.message_chars]
-                record = FailureRecord(
-                    id=failure.id,
-                    reason=failure.reason,
-                    message=message,
-                    kinds=kinds,
-                    run_id=self.run_id,
-                )
-                self._failures.recent.append(record)
-                self._failures.total += 1
-
     def _append(self, state: _KindState, batch: EmbeddedBatch, until: ProductId) -> None:
         ids, vectors, brands = batch.ids, batch.vectors[state.kind], batch.brands
         if batch.ids and not _after(min(batch.ids), state.cursor):  # type: ignore[type-var]
             rows = [i for i, pid in enumerate(batch.ids) if _after(pid, state.cursor)]
             ids, vectors, brands = [ids[i] for i in rows], vectors[rows], [brands[i] for i in rows]
         # The common case (a fresh batch) takes no per-row Python work and no copy here.
-        state.append(
-            ids, np.asarray(vectors, dtype=np.float32), [b or UNKNOWN_BRAND for b in brands]
-        )
+        state.append(ids, np.asarray(vectors, dtype=np.float32), [_brand(b) for b in brands])
         if _after(until, state.cursor):
             state.cursor = until
 
@@ -400,7 +375,7 @@ class IndexWriter:
 
         Open and sealed shard names are shared with whoever resumes after us: a writer whose lease
         expired must not overwrite them, not only not commit (its bytes would break that run's
-        committed sha256s).
+        committed checksums).
         """
         if self._before_commit is not None:
             self._before_commit()
@@ -410,7 +385,7 @@ class IndexWriter:
             self._guard()
         for state in self._kinds.values():
             for name in list(state.uploads):
-                self.storage.put(name, state.uploads[name])
+                self.storage.put(name, state.uploads[name], immutable=True)
                 del state.uploads[name]
 
     def _write_changed_objects(self) -> None:
@@ -420,7 +395,7 @@ class IndexWriter:
         for state in self._kinds.values():
             self._write_open_shard(state)
             self._roll_segments(state)
-        self._roll_failures()
+        self._failures.roll()
 
     def _has_changes(self) -> bool:
         size = self._rollup
@@ -429,7 +404,7 @@ class IndexWriter:
                 state.uploads or state.open_dirty or len(state.sealed) >= size.segment_shards
                 for state in self._kinds.values()
             )
-            or len(self._failures.recent) >= size.failure_chunk
+            or self._failures.must_roll()
         )
 
     def _write_open_shard(self, state: _KindState) -> None:
@@ -447,26 +422,9 @@ class IndexWriter:
             records = state.sealed[:size]
             name = names.manifest_segment(state.kind, len(state.segments) + 1)
             data = ManifestSegment(kind=state.kind, shards=records).model_dump_json().encode()
-            self.storage.put(name, data)
+            self.storage.put(name, data, immutable=True)
             state.segments.append(_segment_ref(name, data, records))
             state.sealed = state.sealed[size:]
-
-    def _roll_failures(self) -> None:
-        size = self._rollup.failure_chunk
-        while len(self._failures.recent) >= size:
-            records = self._failures.recent[:size]
-            name = names.failure_chunk(self._next_failure_chunk())
-            data = FailureChunk(failures=records).model_dump_json().encode()
-            self.storage.put(name, data)
-            self._failures.chunks.append(
-                FailureChunkRef(name=name, sha256=sha256_hex(data), count=size)
-            )
-            self._failures.recent = self._failures.recent[size:]
-
-    def _next_failure_chunk(self) -> int:
-        """Never reuse a chunk name the committed progress.json still names (retry rewrites)."""
-        refs = [*self.progress.failures.chunks, *self._failures.chunks]
-        return 1 + max((int(_CHUNK_NUMBER.findall(ref.name)[-1]) for ref in refs), default=0)
 
     def _resolve_inflight(self) -> None:
         """A progress.json write that raised may still have landed: adopt it instead of guessing."""
@@ -486,92 +444,12 @@ class IndexWriter:
             run_id=self.run_id,
             embedder=self.config.embedder,
             model=self.config.model,
+            model_digest=self.config.model_digest or self.progress.model_digest,
             shard_max_vectors=self.config.shard_max_vectors,
             shard_max_bytes=self.config.shard_max_bytes,
             kinds=dict(sorted(kinds.items())),
-            failures=self._failures.model_copy(deep=True),
+            failures=self._failures.snapshot(),
         )
-
-
-def check_resume(progress: Progress, config: BuildConfig, where: str) -> None:
-    """Refuse to mix vector spaces or shard limits; raises ResumeRefused naming each difference."""
-    wanted = {
-        "embedder": (progress.embedder, config.embedder),
-        "model": (progress.model, config.model),
-        "shard_max_vectors": (progress.shard_max_vectors, config.shard_max_vectors),
-        "shard_max_bytes": (progress.shard_max_bytes, config.shard_max_bytes),
-    }
-    for kind, dim in config.dims.items():
-        if kind in progress.kinds:
-            wanted[f"{kind} dimension"] = (progress.kinds[kind].dim, dim)
-    diffs = [
-        f"{key} {old!r} (this run: {new!r})" for key, (old, new) in wanted.items() if old != new
-    ]
-    if diffs:
-        raise ResumeRefused(
-            f"refusing to resume {where}: it was built with "
-            + "; ".join(diffs)
-            + ". Use a new store, or run with the settings it was built with."
-        )
-
-
-def verify_committed(
-    storage: Storage, progress: Progress, kinds: Sequence[str], workers: int = 8
-) -> None:
-    """Refuse to build on damage: every committed sealed object of these kinds, and every failure
-    chunk, must exist and hash to its commit (open shards are checked when restored).
-
-    This reads the sealed shards once per run (not per checkpoint): the price of never extending
-    a store whose committed part is corrupted.
-    """
-    try:
-        records = [
-            r for k in kinds if k in progress.kinds for r in shard_records(storage, progress, k)
-        ]
-        listed = set(storage.list())
-        missing = [n for r in records for n in (r.name, r.id_map) if n not in listed]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise StateError(f"{missing[0]} is named by {names.PROGRESS} but missing{more}")
-
-        def verify(record: ShardRecord) -> None:
-            get_verified(storage, record.name, record.index_matches)
-            get_verified(storage, record.id_map, record.id_map_matches)
-
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(verify, [r for r in records if r.sealed]))
-        list_failures(storage, progress)
-    except StateError as exc:
-        raise StateError(
-            f"refusing to resume {storage.describe()}: {exc}; nothing was written "
-            "(`faiss-builder check` reports every problem)"
-        ) from exc
-
-
-def uncommitted_objects(
-    listed: Sequence[str], progress: Progress, kinds: Sequence[str]
-) -> list[str]:
-    """Layout objects of these kinds (and failure chunks) that no commit refers to."""
-    last_shard = {k: progress.kinds[k].last_shard_number() for k in kinds if k in progress.kinds}
-    segments = {k: len(progress.kinds[k].segments) for k in kinds if k in progress.kinds}
-    # A retry rewrites the failure log under new numbers: a chunk is stale unless named.
-    chunks = {ref.name for ref in progress.failures.chunks}
-    leftovers = []
-    for name in listed:
-        parsed = names.parse(name)
-        if parsed is None or parsed.number is None:
-            continue
-        if parsed.role == "failed":
-            stale = name not in chunks
-        elif parsed.kind not in kinds:
-            continue
-        elif parsed.role == "manifest":
-            stale = parsed.number > segments.get(parsed.kind or "", 0)
-        else:
-            stale = parsed.number > last_shard.get(parsed.kind or "", 0)
-        if stale:
-            leftovers.append(name)
-    return leftovers
 
 
 def _empty_progress(config: BuildConfig, run_id: str) -> Progress:
@@ -580,6 +458,7 @@ def _empty_progress(config: BuildConfig, run_id: str) -> Progress:
         run_id=run_id,
         embedder=config.embedder,
         model=config.model,
+        model_digest=config.model_digest,
         shard_max_vectors=config.shard_max_vectors,
         shard_max_bytes=config.shard_max_bytes,
     )
@@ -588,6 +467,8 @@ def _empty_progress(config: BuildConfig, run_id: str) -> Progress:
 def _restore_kind(
     storage: Storage, progress: Progress, config: BuildConfig, kind: str
 ) -> _KindState:
+    """The working state of a kind from its commit: only its open shard is read (verified, an
+    uncommitted tail cut off); over a smaller shard limit than it was written under, it seals."""
     dim = config.dims[kind]
     kp = progress.kinds.get(kind) or KindProgress(dim=dim)
     open_record = kp.open_shard()
@@ -597,11 +478,18 @@ def _restore_kind(
         committed = load_shard(storage, open_record, dim)
         shard = _Shard(open_record.number, committed.vectors, committed.ids)
         trimmed = committed.trimmed
-    return _KindState(
+    max_id = kp.max_id
+    if max_id is None and kp.total_vectors:  # format 1/2: not recorded yet
+        max_id = largest_indexed_id(storage, progress, kind)
+    problem = cursor_problem(kp.cursor, max_id)
+    if problem:
+        raise StateError(f"{kind}: {problem}")
+    state = _KindState(
         kind=kind,
         dim=dim,
         capacity=config.capacity(kind),
         cursor=kp.cursor,
+        max_id=max_id,
         total=kp.total_vectors,
         brands=Counter(kp.vectors_per_brand),
         segments=list(kp.segments),
@@ -611,6 +499,9 @@ def _restore_kind(
         # An uncommitted run overwrote the open shard: rewrite it to the committed bytes.
         open_dirty=trimmed,
     )
+    if shard.ids and len(shard.ids) >= state.capacity:
+        state.seal()  # a smaller shard_max_bytes: the open shard takes no more vectors
+    return state
 
 
 def _segment_ref(name: str, data: bytes, records: Sequence[ShardRecord]) -> SegmentRef:
@@ -633,7 +524,7 @@ def _all_ids(storage: Storage, progress: Progress, kind: str, workers: int = 8) 
     records = shard_records(storage, progress, kind)
 
     def read(record: ShardRecord) -> list[ProductId]:
-        return decode_ids(get_verified(storage, record.id_map, record.id_map_matches))
+        return decode_ids(get_verified(storage, record.id_map, record.id_map_digests))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return [pid for ids in pool.map(read, records) for pid in ids]

@@ -7,15 +7,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sharding import BuildConfig, EmbeddedBatch, FailedProduct, IndexWriter, RollupLimits, Storage
+from sharding import BuildConfig, EmbeddedBatch, IndexWriter, RollupLimits, Storage
 from sharding.codec import ProductId
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A failed product as the embedders report one (modal_workers' FailedProduct has this
+    shape): the writer takes any object with .id, .reason and .message."""
+
+    id: ProductId
+    reason: str
+    message: str
+
 
 SMALL = BuildConfig("histogram", "hist-v1", {"color": 4, "combined": 6}, shard_max_vectors=10)
 SMALL_ROLLUP = RollupLimits(segment_shards=2, failure_chunk=3)
 
 
 def unit_vector(product_id: ProductId, dim: int, salt: int = 0) -> np.ndarray:
-    seed = abs(hash((str(product_id), dim, salt))) % 2**32
+    seed = abs(hash((product_id, dim, salt))) % 2**32
     v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
     return v / np.linalg.norm(v)
 
@@ -43,9 +54,7 @@ class Catalog:
     def batch(self, ids: Sequence[int], dims: dict[str, int]) -> EmbeddedBatch:
         good = [i for i in ids if i % self.fail_every]
         vectors = {k: _stack([unit_vector(i, d) for i in good], d) for k, d in dims.items()}
-        failures = [
-            FailedProduct(i, "fetch_error", f"HTTP 404 for {i}") for i in ids if i not in good
-        ]
+        failures = [Failed(i, "fetch_error", f"HTTP 404 for {i}") for i in ids if i not in good]
         brands = [f"brand-{i % 3}" if i % 4 else None for i in good]
         return EmbeddedBatch(good, brands, vectors, failures, last_id=ids[-1])
 

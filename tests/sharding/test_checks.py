@@ -79,3 +79,22 @@ def test_duplicate_ids_across_shards_are_reported(built: LocalStore) -> None:
 def test_unknown_kind_and_empty_store(tmp_path: Path, built: LocalStore) -> None:
     assert {p.code for p in check_store(built, ["structure"]).problems} == {"unknown_kind"}
     assert {p.code for p in check_store(LocalStore(tmp_path / "empty")).problems} == {"no_progress"}
+
+
+@pytest.mark.parametrize("field", ["sha256", "id_map_sha256"])
+def test_a_changed_sha256_digit_is_an_error_even_when_xxh3_matches(
+    built: LocalStore, field: str
+) -> None:
+    path = built.root / "progress.json"
+    progress = json.loads(path.read_text())
+    record = progress["kinds"]["color"]["shards"][-1]
+    digest = record[field]
+    record[field] = ("1" if digest[0] != "1" else "2") + digest[1:]
+    path.write_text(json.dumps(progress))
+    report = check_store(built)
+    assert not report.ok, report.to_markdown()
+    mismatches = [p for p in report.problems if p.code == "sha256_mismatch"]
+    assert [p.severity for p in mismatches] == ["error"]
+    name = record["name" if field == "sha256" else "id_map"]
+    assert name in mismatches[0].message and "sha256 differs" in mismatches[0].message
+    assert "uncommitted_tail" not in {p.code for p in report.problems}

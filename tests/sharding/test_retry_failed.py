@@ -11,7 +11,6 @@ import pytest
 from sharding import (
     BuildConfig,
     EmbeddedBatch,
-    FailedProduct,
     IndexWriter,
     LocalStore,
     check_store,
@@ -19,7 +18,7 @@ from sharding import (
 )
 from sharding.errors import InjectedCrash
 from sharding.state import list_failures, read_progress
-from tests.sharding.builds import SMALL, SMALL_ROLLUP, Catalog, run_build, unit_vector
+from tests.sharding.builds import SMALL, SMALL_ROLLUP, Catalog, Failed, run_build, unit_vector
 
 CATALOG = Catalog()  # 47 products, every 9th fails: 9, 18, 27, 36, 45
 FAILED = [9, 18, 27, 36, 45]
@@ -27,7 +26,7 @@ FAILED = [9, 18, 27, 36, 45]
 
 def _retry_batch(fixed: list[int], still: list[int]) -> EmbeddedBatch:
     vectors = {k: np.stack([unit_vector(i, d) for i in fixed]) for k, d in SMALL.dims.items()}
-    failures = [FailedProduct(i, "fetch_http_404", f"still gone: {i}") for i in still]
+    failures = [Failed(i, "fetch_http_404", f"still gone: {i}") for i in still]
     return EmbeddedBatch(fixed, ["Late"] * len(fixed), vectors, failures)
 
 
@@ -115,3 +114,40 @@ def test_a_retry_for_one_kind_keeps_the_other_kinds_failure(tmp_path: Path) -> N
     assert (9, ("color",)) in left and (9, ("combined",)) not in left
     assert 9 in load_index(store, "combined").ids and 9 not in load_index(store, "color").ids
     assert check_store(store).ok
+
+
+def test_a_retry_after_per_kind_runs_sends_each_product_once(tmp_path: Path) -> None:
+    """Issue 13.5: 40 failed products, color then structure runs, batches of 8, then a retry."""
+    store = LocalStore(tmp_path)
+    failing = Catalog(n=40, fail_every=1)  # every image is missing
+    color = BuildConfig("histogram", "hist-v1", {"color": 4}, shard_max_vectors=10)
+    structure = BuildConfig("histogram", "hist-v1", {"structure": 3}, shard_max_vectors=10)
+    run_build(store, color, failing)
+    run_build(store, structure, failing, run_id="run-2")
+    assert len(list_failures(store)) == 80  # one record per product per kind run
+    both = BuildConfig("histogram", "hist-v1", {"color": 4, "structure": 3}, shard_max_vectors=10)
+    writer = IndexWriter.open(store, both, run_id="retry", rollup=SMALL_ROLLUP)
+    todo = writer.failed_ids()
+    assert todo == list(range(1, 41))  # unique, oldest first
+    for start in range(0, len(todo), 8):  # the images came back
+        ids = todo[start : start + 8]
+        vectors = {k: np.stack([unit_vector(i, d) for i in ids]) for k, d in both.dims.items()}
+        assert writer.retry_failed(EmbeddedBatch(ids, [None] * len(ids), vectors, [])) == ids
+        writer.commit()
+    writer.finish()
+    assert list_failures(store) == []
+    for kind in both.dims:
+        assert sorted(load_index(store, kind).ids) == list(range(1, 41))
+    assert check_store(store).ok
+
+
+def test_failed_ids_are_grouped_per_product_and_filtered_by_kind(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    color_only = BuildConfig("histogram", "hist-v1", {"color": 4}, shard_max_vectors=10)
+    combined_only = BuildConfig("histogram", "hist-v1", {"combined": 6}, shard_max_vectors=10)
+    run_build(store, color_only)
+    run_build(store, combined_only, run_id="run-2", catalog=Catalog(n=30))
+    writer = IndexWriter.open(store, SMALL, run_id="retry", rollup=SMALL_ROLLUP)
+    assert writer.failed_ids() == FAILED
+    assert writer.failed_ids(["combined"]) == [9, 18, 27]
+    assert writer.failed_ids(["structure"]) == []
