@@ -49,3 +49,26 @@ class LeaseLost(Exception):
 
 class InjectedCrash(Exception):
     """Raised by the writer's crash hook so tests can kill a commit at any write."""
+
+
+class ProductIdRefused(ValueError):
+    """A product id the store cannot keep exactly (an int outside int64/uint64, a bool, ...)."""
+
+
+class BucketNotFound(StorageError):
+    """Supabase answered "Bucket not found": the bucket is missing, or the key was not accepted.
+
+    Supabase Storage answers a download or info request whose token is bad, expired, missing or
+    only anonymous exactly as it answers one for a bucket that does not exist, so this never
+    means "the object is missing": a store that cannot be read is never reported as empty.
+    """
+
+
+class FenceExpired(StorageUnavailable):
+    """A write was not started (or not retried) because it could land after the time until
+    which our lease is certainly ours; nothing was written by that attempt."""
+
+
+class StoreConfigError(ValueError):
+    """A store or lease setting that cannot work (a TTL below the minimum, a TTL shorter than
+    the storage's request timeout); the message names the setting."""
