@@ -215,16 +215,14 @@ def open_writer(
 
 def to_embedded_batch(products: list[Product], output: EmbedOutput) -> EmbeddedBatch:
     """The embedding result in the writer's terms: brands attached, failures kept, the page's end."""
-    from sharding.writer import EmbeddedBatch, FailedProduct
+    from sharding.writer import EmbeddedBatch
 
     brands = {product.id: product.brand for product in products}
     return EmbeddedBatch(
         ids=list(output.ids),
         brands=[brands[product_id] for product_id in output.ids],
         vectors=output.vectors,
-        failures=[
-            FailedProduct(id=f.id, reason=f.reason, message=f.message) for f in output.failures
-        ],
+        failures=list(output.failures),  # the writer takes any .id/.reason/.message object
         last_id=products[-1].id,
     )
 

@@ -37,9 +37,11 @@ class DedupMemoryStore(MemoryStore):
         super().__init__()
         self._blobs: dict[str, bytes] = {}
 
-    def put(self, name: str, data: bytes, *, overwrite: bool = True) -> None:
+    def put(
+        self, name: str, data: bytes, *, overwrite: bool = True, immutable: bool = False
+    ) -> None:
         blob = self._blobs.setdefault(sha256_hex(data), bytes(data))
-        super().put(name, blob, overwrite=overwrite)
+        super().put(name, blob, overwrite=overwrite, immutable=immutable)
 
 
 def unit_vectors(n: int, seed: int) -> np.ndarray:
