@@ -8,32 +8,30 @@ import pytest
 
 from sharding import LeaseHeld, LeaseLost, LocalStore, StoreLease
 from tests.sharding.builds import run_build
+from tests.sharding.fake_time import Time
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+def _acquire(store: LocalStore, run_id: str, t: Time, **kwargs: float) -> StoreLease:
+    return StoreLease.acquire(
+        store, run_id, clock=t.clock(), sleep=t.sleep, monotonic=t.monotonic, **kwargs
+    )
 
 
 def test_second_run_waits_then_gets_a_clear_refusal(tmp_path: Path) -> None:
-    store, clock = LocalStore(tmp_path), Clock()
-    StoreLease.acquire(store, "run-a", ttl_s=60, clock=clock)
+    store, t = LocalStore(tmp_path), Time()
+    holder = _acquire(store, "run-a", t, ttl_s=60)
+    t.on_sleep = holder.renew  # alive: its keeper renews
+    start = t.mono
     with pytest.raises(LeaseHeld, match="held by run run-a until"):
-        StoreLease.acquire(store, "run-b", wait_s=10, poll_s=2, clock=clock, sleep=clock.sleep)
-    assert clock.now == 1_000_010.0  # it waited, bounded
+        _acquire(store, "run-b", t, wait_s=10, poll_s=2)
+    assert t.mono - start == 10.0  # it waited, bounded
 
 
 def test_expired_lease_is_taken_over_and_the_old_holder_loses_it(tmp_path: Path) -> None:
-    store, clock = LocalStore(tmp_path), Clock()
-    old = StoreLease.acquire(store, "run-a", ttl_s=60, clock=clock)
-    clock.now += 61
-    new = StoreLease.acquire(store, "run-b", ttl_s=60, clock=clock)
+    store, t = LocalStore(tmp_path), Time()
+    old = _acquire(store, "run-a", t, ttl_s=60)
+    t.sleep(61)
+    new = _acquire(store, "run-b", t, ttl_s=60)
     new.verify()
     with pytest.raises(LeaseLost, match="taken by run run-b"):
         old.verify()
@@ -45,21 +43,33 @@ def test_expired_lease_is_taken_over_and_the_old_holder_loses_it(tmp_path: Path)
 
 
 def test_renew_extends_and_expiry_is_detected(tmp_path: Path) -> None:
-    store, clock = LocalStore(tmp_path), Clock()
-    lease = StoreLease.acquire(store, "run-a", ttl_s=60, clock=clock)
-    clock.now += 50
+    store, t = LocalStore(tmp_path), Time()
+    lease = _acquire(store, "run-a", t, ttl_s=60)
+    t.sleep(50)
     lease.renew()
-    clock.now += 50
+    t.sleep(50)
     lease.verify()
-    clock.now += 11
-    with pytest.raises(LeaseLost, match="expired"):
+    t.sleep(11)
+    with pytest.raises(LeaseLost, match="not renewed for"):
         lease.verify()
 
 
 def test_a_lost_lease_stops_the_commit_before_progress_is_written(tmp_path: Path) -> None:
-    store, clock = LocalStore(tmp_path), Clock()
-    lease = StoreLease.acquire(store, "run-a", ttl_s=60, clock=clock)
-    clock.now += 61
+    store, t = LocalStore(tmp_path), Time()
+    lease = _acquire(store, "run-a", t, ttl_s=60)
+    t.sleep(61)
     with pytest.raises(LeaseLost):
         run_build(store, run_id="run-a", before_commit=lease.verify)
     assert not (tmp_path / "progress.json").exists()
+
+
+def test_a_lease_written_before_tokens_is_still_read(tmp_path: Path) -> None:
+    store, t = LocalStore(tmp_path), Time()
+    store.put(
+        "lease.json",
+        b'{"run_id": "old", "acquired_at_s": %f, "expires_at_s": %f}' % (t.wall, t.wall + 60),
+    )
+    with pytest.raises(LeaseHeld, match="held by run old"):
+        _acquire(store, "run-b", t, ttl_s=60)
+    t.sleep(61)
+    assert _acquire(store, "run-b", t, ttl_s=60).run_id == "run-b"

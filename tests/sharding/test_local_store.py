@@ -41,7 +41,7 @@ def test_a_failed_write_never_leaves_a_half_file(
         raise OSError("disk full")
 
     monkeypatch.setattr("sharding.local_store.os.replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match=r"cannot write progress\.json: disk full"):
         store.put("progress.json", b"new-but-never-visible")
     assert store.get("progress.json") == b"old" and store.list() == ["progress.json"]
 

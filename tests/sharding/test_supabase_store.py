@@ -111,9 +111,13 @@ def test_bad_key_is_an_auth_error_never_retried_and_never_printed(
     secret = "sb-secret-do-not-print"
     client = create_supabase_client(storage_server.url, SecretStr(secret), timeout_s=0.5)
     store = SupabaseStore(client, "faiss", retry=RetryPolicy(sleep=sleeps.append))
-    with pytest.raises(StorageAuthError) as refused:
+    with pytest.raises(StorageAuthError, match="SUPABASE_KEY was not accepted") as refused:
         store.get("progress.json")
-    assert sleeps == [] and len(storage_server.requests) == 1
+    # The download is answered as anonymous ("Bucket not found"); the bucket record says why.
+    assert sleeps == [] and [r.path for r in storage_server.requests] == [
+        "/storage/v1/object/faiss/faiss/progress.json",
+        "/storage/v1/bucket/faiss",
+    ]
     assert secret not in str(refused.value) and secret not in repr(store) + store.describe()
 
 

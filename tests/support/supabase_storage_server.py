@@ -17,15 +17,27 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 PREFIX = "/storage/v1/"
-NOT_FOUND = {"statusCode": "404", "error": "not_found", "message": "Object not found"}
-DUPLICATE = {"statusCode": "409", "error": "Duplicate", "message": "The resource already exists"}
-TOO_LARGE = {
-    "statusCode": "413",
-    "error": "Payload too large",
-    "message": "The object exceeded the maximum allowed size",
-}
-UNAUTHORIZED = {"statusCode": "403", "error": "Unauthorized", "message": "Invalid Compact JWS"}
-BUCKET_NOT_FOUND = {"statusCode": "404", "error": "Bucket not found", "message": "Bucket not found"}
+
+
+def _body(status: str, error: str, message: str, code: str) -> dict[str, Any]:
+    return {"statusCode": status, "error": error, "message": message, "code": code}
+
+
+# Every error body carries `code` (supabase/storage src/internal/errors/codes.ts), sent as HTTP 400.
+NOT_FOUND = _body("404", "not_found", "Object not found", "NoSuchKey")
+BUCKET_NOT_FOUND = _body("404", "Bucket not found", "Bucket not found", "NoSuchBucket")
+DUPLICATE = _body("409", "Duplicate", "The resource already exists", "KeyAlreadyExists")
+TOO_LARGE = _body(
+    "413", "Payload too large", "The object exceeded the maximum allowed size", "EntityTooLarge"
+)
+UNAUTHORIZED = _body("403", "Unauthorized", "Invalid Compact JWS", "AccessDenied")
+ROW_LEVEL_SECURITY = _body(
+    "403", "Unauthorized", "new row violates row-level security policy", "AccessDenied"
+)
+SIGN_MISSING = "Either the object does not exist or you do not have access to it"
+
+#: Who a request is, from the JWT in `Authorization: Bearer` only (storage ignores `apikey`).
+SERVICE, ANON, INVALID = "service_role", "anon", "invalid"
 
 
 @dataclass
@@ -33,6 +45,7 @@ class StoredObject:
     data: bytes
     content_type: str
     updated: float = field(default_factory=time.time)
+    cache_control: str = "no-cache"
 
 
 @dataclass
@@ -115,20 +128,35 @@ class RequestRecord:
     method: str
     path: str
     headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)  # when it arrived (this process's clock)
 
 
 class SupabaseStorageServer:
-    """Threaded HTTP server on 127.0.0.1; use as a context manager or start()/stop()."""
+    """Threaded HTTP server on 127.0.0.1; use as a context manager or start()/stop().
+
+    Answers as the real supabase/storage (v1.70.6) does, for private buckets: `key` is the
+    service-role JWT, `anon_key` the anon one, any other token (or none) is invalid. An invalid
+    token on a download or info route is read as anonymous, so a private bucket answers "Bucket
+    not found"; elsewhere it is 403. A valid anon key sees no object (downloads "Object not
+    found", lists [], signs per-path errors), writes nothing (403 row-level security) and sees
+    no bucket record. `max_object_bytes` is the project's upload limit, `bucket_limits` each
+    bucket's own file_size_limit (get_bucket shows it).
+    """
 
     def __init__(
         self,
         key: str = "service-role-test-key",
         buckets: tuple[str, ...] = ("faiss",),
         max_object_bytes: int = 50_000_000,
+        anon_key: str = "anon-test-key",
+        bucket_limits: dict[str, int] | None = None,
     ) -> None:
         self.key = key
+        self.anon_key = anon_key
         self.buckets = set(buckets)
         self.max_object_bytes = max_object_bytes
+        self.bucket_limits: dict[str, int] = dict(bucket_limits or {})
+        self.signed: dict[str, str] = {}  # token -> "bucket/path" it may download
         self.objects: dict[str, StoredObject] = {}  # "bucket/path" -> object
         self.faults = Faults()
         self.requests: list[RequestRecord] = []
@@ -237,13 +265,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.action != "lose_response":
             self._misbehave(fault)
             return
-        if not self._authorised(headers):
-            self._json(400, UNAUTHORIZED)
-            return
-        status, payload, content_type = self._route(path, body, headers)
+        status, payload, content_type, extra = self._route(path, body, headers)
         if fault is not None:  # lose_response: the request took effect, the answer never arrives
             raise _Reset
-        self._send(status, payload, content_type)
+        self._send(status, payload, content_type, extra)
 
     def _misbehave(self, fault: Fault) -> None:
         if fault.action == "reset":
@@ -253,94 +278,157 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Reset
         self._json(
             fault.status,
-            {
-                "statusCode": str(fault.status),
-                "error": "Internal",
-                "message": "injected server fault",
-            },
+            _body(str(fault.status), "Internal", "injected server fault", "InternalError"),
         )
 
-    def _authorised(self, headers: dict[str, str]) -> bool:
-        key = self.app.key
-        return headers.get("apikey") == key and headers.get("authorization") == f"Bearer {key}"
+    def _role(self, headers: dict[str, str]) -> str:
+        authorization = headers.get("authorization", "")
+        token = authorization[7:] if authorization.lower().startswith("bearer ") else None
+        if token == self.app.key:
+            return SERVICE
+        if token == self.app.anon_key:
+            return ANON
+        return INVALID
 
-    def _route(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
+    def _route(self, path: str, body: bytes, headers: dict[str, str]) -> Answer:
+        role = self._role(headers)
+        if path.startswith(PREFIX + "bucket/") and self.command == "GET":
+            return self._get_bucket(path[len(PREFIX + "bucket/") :], role)
         if not path.startswith(PREFIX + "object/"):
-            return _error(
-                404, {"statusCode": "404", "error": "not_found", "message": "Route not found"}
-            )
+            return _unknown_route(self.command, path)
         rest = path[len(PREFIX + "object/") :]
+        if rest.startswith("sign/") and self.command == "GET":
+            return self._signed_download(rest[len("sign/") :])
+        if role == INVALID and self.command != "GET":
+            return _error(UNAUTHORIZED)  # writes, list, delete, sign: the JWT is verified
         if rest.startswith("list/") and self.command == "POST":
-            return self._list(rest[len("list/") :], body)
+            return self._list(rest[len("list/") :], body, role)
+        if rest.startswith("sign/") and self.command == "POST":
+            return self._sign(rest[len("sign/") :], body, role)
         if rest.startswith("info/") and self.command == "GET":
-            return self._info(rest[len("info/") :])
+            bucket, _, name = rest[len("info/") :].partition("/")
+            return self._read(bucket, name, role, info=True)
         bucket, _, name = rest.partition("/")
-        if bucket not in self.app.buckets:
-            return _error(400, BUCKET_NOT_FOUND)
-        if self.command == "DELETE" and not name:
-            return self._delete(bucket, body)
         if self.command == "GET":
-            return self._download(bucket, name)
-        if self.command in ("POST", "PUT"):
-            return self._upload(bucket, name, body, headers)
-        return _error(400, {"statusCode": "400", "error": "InvalidRequest", "message": "bad route"})
+            return self._read(bucket, name, role, info=False)
+        if self.command == "DELETE" and not name:
+            return self._delete(bucket, body, role)
+        if self.command in ("POST", "PUT") and name:
+            return self._upload(bucket, name, body, headers, role)
+        return _unknown_route(self.command, path)
 
-    def _list(self, bucket: str, body: bytes) -> tuple[int, bytes, str]:
-        if bucket not in self.app.buckets:
-            return _error(400, BUCKET_NOT_FOUND)
-        rows = self.app.list_rows(bucket, json.loads(body or b"{}"))
-        return 200, json.dumps(rows).encode(), "application/json"
-
-    def _info(self, rest: str) -> tuple[int, bytes, str]:
-        with self.app.lock:
-            obj = self.app.objects.get(rest)
-        if obj is None:
-            return _error(400, NOT_FOUND)
-        info = {
-            "name": rest.split("/", 1)[-1],
-            "size": len(obj.data),
-            "content_type": obj.content_type,
+    def _get_bucket(self, bucket: str, role: str) -> Answer:
+        if role == INVALID:
+            return _error(UNAUTHORIZED)
+        if role == ANON or bucket not in self.app.buckets:
+            return _error(BUCKET_NOT_FOUND)  # buckets' row-level security hides it from anon
+        record = {
+            "id": bucket,
+            "name": bucket,
+            "owner": "",
+            "public": False,
+            "type": "STANDARD",
+            "file_size_limit": self.app.bucket_limits.get(bucket),
+            "allowed_mime_types": None,
+            "created_at": "2026-01-01T00:00:00.000Z",
+            "updated_at": "2026-01-01T00:00:00.000Z",
         }
-        return 200, json.dumps(info).encode(), "application/json"
+        return _json_answer(record)
 
-    def _download(self, bucket: str, name: str) -> tuple[int, bytes, str]:
+    def _list(self, bucket: str, body: bytes, role: str) -> Answer:
+        if role == ANON or bucket not in self.app.buckets:
+            return _json_answer([])  # a missing bucket lists as empty, like a hidden one
+        return _json_answer(self.app.list_rows(bucket, json.loads(body or b"{}")))
+
+    def _read(self, bucket: str, name: str, role: str, *, info: bool) -> Answer:
+        # Download and info routes take a bad, expired or missing token as anonymous.
+        if role == INVALID or bucket not in self.app.buckets:
+            return _error(BUCKET_NOT_FOUND)
         with self.app.lock:
             obj = self.app.objects.get(f"{bucket}/{name}")
+        if obj is None or role == ANON:
+            return _error(NOT_FOUND)
+        if info:
+            return _json_answer(
+                {
+                    "name": name,
+                    "bucket_id": bucket,
+                    "size": len(obj.data),
+                    "content_type": obj.content_type,
+                    "cache_control": obj.cache_control,
+                }
+            )
+        return 200, obj.data, obj.content_type, {"Cache-Control": obj.cache_control}
+
+    def _sign(self, rest: str, body: bytes, role: str) -> Answer:
+        bucket, _, name = rest.partition("/")
+        request = json.loads(body or b"{}")
+        visible = role == SERVICE and bucket in self.app.buckets
+        if name:  # one path: missing is an error answer
+            if not visible or f"{bucket}/{name}" not in self.app.objects:
+                return _error(NOT_FOUND)
+            return _json_answer({"signedURL": self._signed_url(bucket, name)})
+        rows = []
+        for path in request.get("paths", []):
+            if visible and f"{bucket}/{path}" in self.app.objects:
+                rows.append(
+                    {"error": None, "path": path, "signedURL": self._signed_url(bucket, path)}
+                )
+            else:
+                rows.append({"error": SIGN_MISSING, "path": path, "signedURL": None})
+        return _json_answer(rows)
+
+    def _signed_url(self, bucket: str, name: str) -> str:
+        token = uuid.uuid4().hex
+        with self.app.lock:
+            self.app.signed[token] = f"{bucket}/{name}"
+        return f"/object/sign/{bucket}/{name}?token={token}"
+
+    def _signed_download(self, rest: str) -> Answer:
+        token = dict(
+            part.split("=", 1) for part in urlsplit(self.path).query.split("&") if "=" in part
+        ).get("token")
+        with self.app.lock:
+            key = self.app.signed.get(token or "")
+            obj = self.app.objects.get(rest) if key == rest else None
         if obj is None:
-            return _error(400, NOT_FOUND)
-        return 200, obj.data, obj.content_type
+            return _error(_body("400", "InvalidJWT", "invalid signature", "InvalidJWT"))
+        return 200, obj.data, obj.content_type, {"Cache-Control": obj.cache_control}
 
     def _upload(
-        self, bucket: str, name: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, bytes, str]:
-        data, content_type = _file_part(body, headers.get("content-type", ""))
-        if len(data) > self.app.max_object_bytes:
+        self, bucket: str, name: str, body: bytes, headers: dict[str, str], role: str
+    ) -> Answer:
+        if role == ANON:
+            return _error(ROW_LEVEL_SECURITY)
+        if bucket not in self.app.buckets:
+            return _error(BUCKET_NOT_FOUND)
+        data, content_type, cache_control = _file_part(body, headers)
+        limits = [self.app.max_object_bytes, self.app.bucket_limits.get(bucket)]
+        if len(data) > min(limit for limit in limits if limit is not None):
             if self.app.faults.gateway_413:
-                return 413, b"<html><body>413 Request Entity Too Large</body></html>", "text/html"
-            return _error(400, TOO_LARGE)
+                body_413 = b"<html><body>413 Request Entity Too Large</body></html>"
+                return 413, body_413, "text/html", {}
+            return _error(TOO_LARGE)
         key = f"{bucket}/{name}"
         with self.app.lock:
             exists = key in self.app.objects
-            if self.command == "PUT" and not exists:
-                return _error(400, NOT_FOUND)
             if self.command == "POST" and exists and headers.get("x-upsert") != "true":
-                return _error(400, DUPLICATE)
-            self.app.objects[key] = StoredObject(data, content_type)
-        return 200, json.dumps({"Key": key, "Id": str(uuid.uuid4())}).encode(), "application/json"
+                return _error(DUPLICATE)
+            # PUT replaces, and creates a missing object too (measured on the real server).
+            self.app.objects[key] = StoredObject(data, content_type, cache_control=cache_control)
+        return _json_answer({"Key": key, "Id": str(uuid.uuid4())})
 
-    def _delete(self, bucket: str, body: bytes) -> tuple[int, bytes, str]:
+    def _delete(self, bucket: str, body: bytes, role: str) -> Answer:
         prefixes = json.loads(body or b"{}").get("prefixes", [])
         if len(prefixes) > 1000:
-            return _error(
-                400,
-                {"statusCode": "400", "error": "InvalidRequest", "message": "too many prefixes"},
-            )
+            return _error(_body("400", "InvalidRequest", "too many prefixes", "InvalidRequest"))
         removed = []
-        with self.app.lock:
-            for name in prefixes:
-                if self.app.objects.pop(f"{bucket}/{name}", None) is not None:
-                    removed.append({"name": name, "bucket_id": bucket})
-        return 200, json.dumps(removed).encode(), "application/json"
+        if role == SERVICE:  # anon sees no rows to delete
+            with self.app.lock:
+                for name in prefixes:
+                    if self.app.objects.pop(f"{bucket}/{name}", None) is not None:
+                        removed.append({"name": name, "bucket_id": bucket})
+        return _json_answer(removed)
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -349,10 +437,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, payload: dict[str, Any]) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json")
 
-    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+    def _send(
+        self, status: int, payload: bytes, content_type: str, extra: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
 
@@ -368,20 +460,45 @@ class _Handler(BaseHTTPRequestHandler):
             super().finish()
 
 
-def _error(status: int, payload: dict[str, Any]) -> tuple[int, bytes, str]:
-    return status, json.dumps(payload).encode(), "application/json"
+Answer = tuple[int, bytes, str, dict[str, str]]
 
 
-def _file_part(body: bytes, content_type: str) -> tuple[bytes, str]:
-    """The `file` part of a multipart upload: its bytes and its own content type."""
+def _error(payload: dict[str, Any]) -> Answer:
+    """Storage's object and bucket errors: HTTP 400, the real status in the body's statusCode."""
+    return 400, json.dumps(payload).encode(), "application/json", {}
+
+
+def _json_answer(payload: Any) -> Answer:
+    return 200, json.dumps(payload).encode(), "application/json", {}
+
+
+def _unknown_route(method: str, path: str) -> Answer:
+    body = {"statusCode": 404, "error": "Not Found", "message": f"Route {method}:{path} not found"}
+    return 404, json.dumps(body).encode(), "application/json", {}
+
+
+def _file_part(body: bytes, headers: dict[str, str]) -> tuple[bytes, str, str]:
+    """The upload's bytes, content type and the Cache-Control storage will keep and serve.
+
+    Multipart (storage3): the `file` part, and `max-age=<cacheControl field>`, or "no-cache"
+    when the field is empty or absent (storage's uploader). Binary: the body and its headers.
+    """
+    content_type = headers.get("content-type", "")
     if "multipart/form-data" not in content_type:
-        return body, content_type or "application/octet-stream"
+        return (
+            body,
+            content_type or "application/octet-stream",
+            headers.get("cache-control", "no-cache"),
+        )
     boundary = content_type.split("boundary=", 1)[1].strip('"').encode()
+    data, part_type, cache_time = b"", "application/octet-stream", ""
     for part in _parts(body, boundary):
-        head, _, data = part.partition(b"\r\n\r\n")
+        head, _, value = part.partition(b"\r\n\r\n")
         if b'name="file"' in head:
-            return data, _part_content_type(head)
-    return b"", "application/octet-stream"
+            data, part_type = value, _part_content_type(head)
+        elif b'name="cacheControl"' in head:
+            cache_time = value.decode()
+    return data, part_type, f"max-age={cache_time}" if cache_time else "no-cache"
 
 
 def _parts(body: bytes, boundary: bytes) -> Iterator[bytes]:
