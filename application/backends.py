@@ -14,7 +14,7 @@ class EmbedBackend(Protocol):
     """Something that embeds batches of image references: in-process or on Modal."""
 
     def describe(self) -> dict[str, Any]:
-        """{"embedder": name, "model": model id, "dims": {kind: dim}}."""
+        """{"embedder": name, "model": model id, "dims": {kind: dim}, "model_digest": weights}."""
         ...
 
     def embed(self, refs: list[ImageRef], kinds: list[str], limits: FetchLimits) -> EmbedOutput: ...
@@ -29,11 +29,8 @@ class LocalBackend:
         self.embedder = load_embedder(embedder_name, model, device=device)
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "embedder": self.embedder.name,
-            "model": self.embedder.model_id,
-            "dims": dict(self.embedder.dims),
-        }
+        """{"embedder", "model", "dims", "model_digest"}: what the store must agree with."""
+        return self.embedder.describe()
 
     def embed(self, refs: list[ImageRef], kinds: list[str], limits: FetchLimits) -> EmbedOutput:
         from modal_workers.pipeline import embed_refs

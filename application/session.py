@@ -181,6 +181,8 @@ def build_config(settings: Settings, described: dict[str, Any]) -> BuildConfig:
     return BuildConfig(
         embedder=described["embedder"],
         model=described["model"],
+        # Older Modal deployments do not describe their weights: the store then keeps what it has.
+        model_digest=described.get("model_digest"),
         dims={kind: described["dims"][kind] for kind in settings.embed.kinds},
         shard_max_vectors=settings.store.shard_max_vectors,
         shard_max_bytes=settings.store.shard_max_bytes,
