@@ -10,6 +10,7 @@ EXIT_CONFIG = 2  # bad configuration or usage: nothing was written
 EXIT_STORAGE = 3  # storage unreachable or refusing our credentials
 EXIT_STATE = 4  # resume refused or corrupted store state: nothing was overwritten
 EXIT_BUSY = 5  # another run holds the store's lease
+EXIT_PREFECT = 6  # no Prefect API: PREFECT_API_URL unreachable, or the temporary server did not start
 
 __all__ = ["UsageError", "describe"]
 
@@ -26,16 +27,25 @@ def _table() -> list[tuple[tuple[type[BaseException], ...], int]]:
     # Imported here: the CLI's first output must not wait for heavy modules.
     from pydantic import ValidationError
 
+    import sharding.errors as store_errors
     from application.catalog.local import CatalogError
-    from application.errors import ConfigError
+    from application.catalog.supabase import CatalogAuthError, CatalogUnavailable
+    from application.errors import CatalogMismatch, ConfigError
     from modal_workers.embedders import EmbedderLoadError
     from modal_workers.remote import ModalNotConfigured
     from sharding.errors import LeaseHeld, LeaseLost, StateError, StorageError
 
+    # Settings the store itself refuses (an id it cannot keep, a lease TTL below its minimum).
+    store_config = tuple(
+        getattr(store_errors, name)
+        for name in ("ProductIdRefused", "StoreConfigError")
+        if hasattr(store_errors, name)
+    )
     return [
-        ((StateError,), EXIT_STATE),
+        ((StateError, CatalogMismatch), EXIT_STATE),
         ((LeaseHeld, LeaseLost), EXIT_BUSY),
-        ((StorageError,), EXIT_STORAGE),
+        # The Supabase catalog unreachable or refusing the key: as for the store, exit 3.
+        ((StorageError, CatalogUnavailable, CatalogAuthError), EXIT_STORAGE),
         (
             (
                 UsageError,
@@ -44,9 +54,13 @@ def _table() -> list[tuple[tuple[type[BaseException], ...], int]]:
                 ValidationError,
                 EmbedderLoadError,
                 ModalNotConfigured,
+                *store_config,
             ),
             EXIT_CONFIG,
         ),
+        # Any other file-system or network failure (a full disk, a folder where a shard
+        # should be, a read-only store): storage, one line, after the specific kinds above.
+        ((OSError,), EXIT_STORAGE),
     ]
 
 
