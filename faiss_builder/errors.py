@@ -31,6 +31,7 @@ def _table() -> list[tuple[tuple[type[BaseException], ...], int]]:
     from application.catalog.local import CatalogError
     from application.catalog.supabase import CatalogAuthError, CatalogUnavailable
     from application.errors import CatalogMismatch, ConfigError
+    from faiss_builder.runner import PrefectUnavailable
     from modal_workers.embedders import EmbedderLoadError
     from modal_workers.remote import ModalNotConfigured
     from sharding.errors import LeaseHeld, LeaseLost, StateError, StorageError
@@ -44,6 +45,7 @@ def _table() -> list[tuple[tuple[type[BaseException], ...], int]]:
     return [
         ((StateError, CatalogMismatch), EXIT_STATE),
         ((LeaseHeld, LeaseLost), EXIT_BUSY),
+        ((PrefectUnavailable,), EXIT_PREFECT),
         # The Supabase catalog unreachable or refusing the key: as for the store, exit 3.
         ((StorageError, CatalogUnavailable, CatalogAuthError), EXIT_STORAGE),
         (
