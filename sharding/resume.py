@@ -3,14 +3,17 @@
 Opening a store for a build verifies what the run builds on, not the whole store: the
 settings (check_resume), the committed state's own consistency from progress.json alone
 (consistency_problems), that progress.json was not put back from an older copy
-(check_not_rolled_back), and, in the writer, the open shard of each kind it writes to. Sealed
-shards, manifest segments and failure chunks are immutable and read when used; the full audit
-of every object is `check` (sharding.checks). See docs/store-format.md.
+(check_not_rolled_back), and, per kind the run writes to, the open shard (in the writer) and
+the manifest segments and sealed id maps that `finish` rebuilds the full id map from
+(verify_sealed_id_maps). Sealed vector files and failure chunks are immutable and not read
+(a retry reads the chunks it rewrites); the full audit of every object is `check`
+(sharding.checks). See docs/store-format.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import ValidationError
 
@@ -18,7 +21,7 @@ from sharding import names
 from sharding.codec import ProductId, decode_ids, sha256_hex
 from sharding.config import BuildConfig
 from sharding.errors import ObjectNotFound, ResumeRefused, StateError
-from sharding.progress import KindProgress, LastCommit, Progress
+from sharding.progress import KindProgress, LastCommit, Progress, ShardRecord
 from sharding.state import get_verified, shard_records
 from sharding.storage import Storage
 
@@ -141,14 +144,35 @@ def cursor_problem(cursor: ProductId | None, max_id: ProductId | None) -> str | 
     return None
 
 
-def largest_indexed_id(storage: Storage, progress: Progress, kind: str) -> ProductId | None:
-    """The largest id of a kind, read from its id maps (each verified): for format 1/2 stores,
-    which do not record max_id; done once, the next commit records it. Ids only, no vectors."""
-    ids = [
-        pid
-        for record in shard_records(storage, progress, kind)
-        for pid in decode_ids(get_verified(storage, record.id_map, record.id_map_digests))
-    ]
+def verify_sealed_id_maps(
+    storage: Storage, progress: Progress, kind: str, listed: set[str], workers: int = 8
+) -> ProductId | None:
+    """Verify what a build of `kind` builds on besides its open shard, before the first write;
+    returns the largest id of the sealed shards (None: none).
+
+    Every committed shard object must be listed (names only); the manifest segments and the
+    sealed id maps are read and verified, since `finish` rebuilds id_map_{kind}.json from them:
+    ids only, about 8 bytes a vector where the vectors are 2 KB (512-d). Sealed vector files are
+    not read: they are immutable and this run neither reads nor rewrites them (`check` does).
+    """
+    records = shard_records(storage, progress, kind)
+    missing = [n for r in records for n in (r.name, r.id_map) if n not in listed]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise StateError(f"{missing[0]} is named by {names.PROGRESS} but missing{more}")
+
+    def largest(record: ShardRecord) -> ProductId | None:
+        ids = decode_ids(get_verified(storage, record.id_map, record.id_map_digests))
+        if len(ids) != record.vectors:
+            raise StateError(f"{record.id_map}: {len(ids)} ids, {record.vectors} committed")
+        return _max_id(kind, ids)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        found = [m for m in pool.map(largest, [r for r in records if r.sealed]) if m is not None]
+    return _max_id(kind, found)
+
+
+def _max_id(kind: str, ids: Sequence[ProductId]) -> ProductId | None:
     try:
         return max(ids, default=None)  # type: ignore[type-var]
     except TypeError as exc:

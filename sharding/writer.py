@@ -43,14 +43,14 @@ from sharding.resume import (
     check_not_rolled_back,
     check_resume,
     cursor_problem,
-    largest_indexed_id,
     last_commit_marker,
     uncommitted_objects,
+    verify_sealed_id_maps,
 )
 from sharding.state import get_verified, load_shard, read_progress, shard_records
 from sharding.storage import CrashingStorage, Storage
 
-# Application code imports these from here (tasks/build.py).
+# Application code imports these from here (application/session.py).
 __all__ = ["BuildConfig", "EmbeddedBatch", "IndexWriter", "RollupLimits", "check_resume"]
 
 
@@ -232,8 +232,11 @@ class IndexWriter:
         progress = committed or _empty_progress(config, run_id)
         if crash_after_writes is not None:
             storage = CrashingStorage(storage, crash_after_writes, crash_when)
+        listed = set(storage.list()) if committed is not None else set()
         try:
-            kinds = {kind: _restore_kind(storage, progress, config, kind) for kind in config.dims}
+            kinds = {
+                kind: _restore_kind(storage, progress, config, kind, listed) for kind in config.dims
+            }
         except StateError as exc:
             raise StateError(
                 f"refusing to resume {storage.describe()}: {exc}; {NOTHING_WRITTEN}"
@@ -465,22 +468,27 @@ def _empty_progress(config: BuildConfig, run_id: str) -> Progress:
 
 
 def _restore_kind(
-    storage: Storage, progress: Progress, config: BuildConfig, kind: str
+    storage: Storage, progress: Progress, config: BuildConfig, kind: str, listed: set[str]
 ) -> _KindState:
-    """The working state of a kind from its commit: only its open shard is read (verified, an
-    uncommitted tail cut off); over a smaller shard limit than it was written under, it seals."""
+    """The working state of a kind from its commit, verified: the open shard is read (an
+    uncommitted tail cut off), the sealed id maps checked (resume.verify_sealed_id_maps), the
+    ids against the cursor; over a smaller shard limit than it was written under, it seals."""
     dim = config.dims[kind]
     kp = progress.kinds.get(kind) or KindProgress(dim=dim)
     open_record = kp.open_shard()
     shard = _Shard(kp.last_shard_number() + 1, np.zeros((0, dim), np.float32), [])
     trimmed = False
+    max_id: ProductId | None = None
+    if kind in progress.kinds:
+        max_id = verify_sealed_id_maps(storage, progress, kind, listed)
     if open_record is not None:
         committed = load_shard(storage, open_record, dim)
         shard = _Shard(open_record.number, committed.vectors, committed.ids)
         trimmed = committed.trimmed
-    max_id = kp.max_id
-    if max_id is None and kp.total_vectors:  # format 1/2: not recorded yet
-        max_id = largest_indexed_id(storage, progress, kind)
+        if shard.ids:
+            max_id = _largest([*shard.ids, *([] if max_id is None else [max_id])], kind)
+    if kp.max_id is not None and kp.max_id != max_id:  # format 3 records it; 1 and 2 do not
+        raise StateError(f"{kind}: max_id is {kp.max_id!r} but the id maps hold up to {max_id!r}")
     problem = cursor_problem(kp.cursor, max_id)
     if problem:
         raise StateError(f"{kind}: {problem}")
@@ -502,6 +510,13 @@ def _restore_kind(
     if shard.ids and len(shard.ids) >= state.capacity:
         state.seal()  # a smaller shard_max_bytes: the open shard takes no more vectors
     return state
+
+
+def _largest(ids: Sequence[ProductId], kind: str) -> ProductId:
+    try:
+        return max(ids)  # type: ignore[type-var]
+    except TypeError as exc:
+        raise StateError(f"{kind}: the id maps mix int and string ids") from exc
 
 
 def _segment_ref(name: str, data: bytes, records: Sequence[ShardRecord]) -> SegmentRef:

@@ -112,9 +112,11 @@ class _ReadCounter:
         return self.inner.describe()
 
 
-def test_opening_reads_progress_and_the_open_shards_not_the_sealed_ones(tmp_path: Path) -> None:
+def test_opening_reads_no_sealed_vector_file(tmp_path: Path) -> None:
+    """Issue 13.22: what a build reads on open is bounded by the open shards + metadata (the
+    manifest segments and the sealed id maps `finish` rebuilds the full id map from)."""
     store = LocalStore(tmp_path)
-    run_build(store, catalog=Catalog(n=305, fail_every=50))  # 30 sealed shards per kind
+    run_build(store, catalog=Catalog(n=305, fail_every=50))  # 29 sealed shards per kind
     progress = read_progress(store)
     assert progress is not None
     open_objects = {
@@ -125,13 +127,40 @@ def test_opening_reads_progress_and_the_open_shards_not_the_sealed_ones(tmp_path
         for name in (record.name, record.id_map)
     }
     assert len(open_objects) == 4  # one open shard (index + id map) per kind
-    sealed_bytes = sum(p.stat().st_size for p in tmp_path.glob("clip_*_shard_*.index"))
     counter = _ReadCounter(store)
     IndexWriter.open(counter, SMALL, run_id="next")
-    allowed = {"progress.json", "last_commit.json", *open_objects}
-    assert set(counter.read) <= allowed, sorted(set(counter.read) - allowed)
-    bound = sum((tmp_path / name).stat().st_size for name in allowed if (tmp_path / name).exists())
-    assert sum(counter.read.values()) <= bound < sealed_bytes
+    sealed_vectors = {p.name for p in tmp_path.glob("clip_*_shard_*.index")} - open_objects
+    assert len(sealed_vectors) == 58
+    assert not sealed_vectors & set(counter.read), "a sealed vector file was read"
+    assert not {n for n in counter.read if n.startswith("failed_")}, "no failure chunk read"
+    metadata = {"progress.json", "last_commit.json", *open_objects}
+    metadata |= {p.name for p in tmp_path.glob("id_map_*_shard_*.json")}
+    metadata |= {p.name for p in tmp_path.glob("manifest_*.json")}
+    assert set(counter.read) <= metadata
+    bound = sum((tmp_path / name).stat().st_size for name in metadata)
+    assert sum(counter.read.values()) <= bound
+
+
+def test_a_missing_sealed_shard_or_a_short_sealed_id_map_is_refused_on_open(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path)
+    run_build(store)
+    (tmp_path / "clip_color_shard_00002.index").unlink()
+    before = _hashes(tmp_path)
+    with pytest.raises(StateError, match=r"clip_color_shard_00002\.index .*missing"):
+        IndexWriter.open(store, SMALL, run_id="next")
+    assert _hashes(tmp_path) == before
+    path = tmp_path / "id_map_combined_shard_00001.json"
+    path.write_text(json.dumps(json.loads(path.read_text())[:-1]))
+    before = _hashes(tmp_path)
+    with pytest.raises(StateError, match=r"id_map_combined_shard_00001\.json"):
+        IndexWriter.open(
+            store,
+            BuildConfig(SMALL.embedder, SMALL.model, {"combined": 6}, shard_max_vectors=10),
+            run_id="next",
+        )
+    assert _hashes(tmp_path) == before
 
 
 def test_a_rolled_back_progress_json_is_refused(tmp_path: Path) -> None:
