@@ -9,6 +9,10 @@ TIMEZONE = "UTC"
 WORK_POOL = "faiss-builder"
 #: A second scheduled build waits this long for the store lease instead of failing at once.
 SCHEDULED_LEASE_WAIT_S = 1800.0
+#: Seconds between flow-run heartbeats of deployment runs (Prefect's minimum is 30).
+HEARTBEAT_S = 30
+#: A run silent for this long is a zombie: deployments/zombies.py marks it Crashed.
+ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         "alignment-check",
         "all-kinds",
         "0 5 * * *",
-        {"kinds": ["color", "structure", "combined"], "sample": 32},
+        {"sample": 32},  # every kind the store holds
         "Nightly: prove every index agrees with its id maps.",
     ),
 )

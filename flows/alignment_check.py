@@ -8,7 +8,13 @@ from prefect import flow, get_run_logger
 
 from application.settings import Backend, Kind, load_settings
 from application.verify import DEFAULT_SELF_SIMILARITY
-from tasks.check import check_sample_task, check_store_task, publish_check_report
+from tasks.check import (
+    check_sample_task,
+    check_store_task,
+    held_kinds_task,
+    publish_check_report,
+)
+from tasks.config import check_deployment_settings
 
 
 class AlignmentError(RuntimeError):
@@ -28,7 +34,19 @@ def alignment_check(
 ) -> dict[str, Any]:
     """Check each kind's shards, id maps and checksums, then re-embed a sample that must find itself.
 
-    Kinds default to every kind the store holds; the run fails when anything is misaligned.
+    The run fails when anything is misaligned, or when the store holds no index at all. A
+    requested kind the store never built is skipped with a warning in the run's log.
+
+    Args:
+        kinds: Kinds to check (color, structure, combined). Empty: every kind the store holds.
+        sample: Products per kind to re-embed and look up; 0 skips the re-embedded sample.
+        threshold: Lowest cosine similarity a re-embedded product may have with its own vector.
+        seed: Seed of the random sample. Empty: a different sample every run.
+        backend: Where the sample is re-embedded: local or modal. Empty: FAISS_BUILDER_BACKEND.
+        store: A local folder, or supabase. Empty: FAISS_BUILDER_STORE of the worker's .env.
+        catalog: CSV/JSONL file or supabase, to re-fetch the sample. Empty: FAISS_BUILDER_CATALOG.
+        allow_private_urls: Allow loopback/private image hosts (local testing only). Empty:
+            FAISS_BUILDER_ALLOW_PRIVATE_URLS.
     """
     settings = load_settings(
         backend=backend,
@@ -36,15 +54,16 @@ def alignment_check(
         catalog=catalog,
         allow_private_urls=allow_private_urls,
     )
-    requested: list[str] | None = [str(kind) for kind in kinds] if kinds else None
-    report = check_store_task(settings, requested)
-    kind_list = requested or list(report.kinds)
+    check_deployment_settings(settings)
+    store_name, held = held_kinds_task(settings)
+    kind_list = _kinds_to_check([str(kind) for kind in kinds or []], held, store_name)
+    report = check_store_task(settings, kind_list)
     sample_report = (
         check_sample_task(settings, kind_list, sample, threshold, seed)
         if sample > 0 and report.ok
         else None
     )
-    publish_check_report(report, sample_report)
+    publish_check_report(report, sample_report, store_name, kind_list)
     result = {
         "store": report.to_dict(),
         "sample": sample_report.to_dict() if sample_report else None,
@@ -53,6 +72,29 @@ def alignment_check(
         raise AlignmentError(_failure_message(report, sample_report))
     get_run_logger().info("alignment check passed for %s", ", ".join(kind_list))
     return result
+
+
+def _kinds_to_check(requested: list[str], held: list[str], store: str) -> list[str]:
+    """The requested kinds the store holds (all it holds when none were requested)."""
+    if not held:
+        raise AlignmentError(f"alignment check failed: {store} holds no index yet (build first)")
+    if not requested:
+        return held
+    missing = [kind for kind in requested if kind not in held]
+    if missing:
+        get_run_logger().warning(
+            "skipping %s: never built in %s (it holds %s)",
+            ", ".join(missing),
+            store,
+            ", ".join(held),
+        )
+    present = [kind for kind in requested if kind in held]
+    if not present:
+        raise AlignmentError(
+            f"alignment check failed: {store} holds none of {', '.join(requested)} "
+            f"(it holds {', '.join(held)})"
+        )
+    return present
 
 
 def _failure_message(report: Any, sample_report: Any) -> str:

@@ -25,10 +25,12 @@ from tasks.build import (
     fetch_products,
     finish_build,
     list_failed,
+    note_lease_holder,
     release_lease,
     retry_batch,
     start_build,
 )
+from tasks.config import check_deployment_settings
 
 InFlight = deque[tuple[list[Product], PrefectFuture[Any]]]
 T = TypeVar("T")
@@ -51,11 +53,33 @@ def build_index(
 ) -> dict[str, Any]:
     """Embed pending catalog products into the FAISS shards of each kind; resumable at any point.
 
-    Every parameter left empty comes from settings (FAISS_BUILDER_* variables or .env): kinds
-    default to all three, batch_size to 256, backend to local, embedder to clip with
-    openai/clip-vit-base-patch32. A second run on the same store waits up to `lease_wait_s` for
-    the store lease, then exits with a clear message. With `retry_failed`, the products
-    recorded as failed are re-fetched and re-embedded first.
+    A parameter left empty takes its setting (FAISS_BUILDER_* variables, or .env in the folder
+    the flow runs in: for a deployment, the project folder the worker or serve runs from).
+
+    Args:
+        kinds: Index kinds to build (color, structure, combined). Empty: FAISS_BUILDER_KINDS,
+            default all three.
+        max_images: Stop after this many products. Empty: FAISS_BUILDER_MAX_IMAGES, default no
+            limit.
+        batch_size: Products per embedding batch. Empty: FAISS_BUILDER_BATCH_SIZE, default 256.
+        backend: Where images are embedded: local (in the flow's process) or modal (A10G GPUs).
+            Empty: FAISS_BUILDER_BACKEND, default local.
+        embedder: clip, or the weight-free histogram. Empty: FAISS_BUILDER_EMBEDDER, default
+            clip.
+        model: CLIP model id or local folder. Empty: FAISS_BUILDER_MODEL, default
+            openai/clip-vit-base-patch32.
+        max_in_flight: Embedding batches running at once. Empty: FAISS_BUILDER_MAX_IN_FLIGHT,
+            default 2.
+        store: A local folder, or supabase. Empty: FAISS_BUILDER_STORE (a deployment refuses to
+            start without it).
+        catalog: A CSV/JSONL file, or supabase. Empty: FAISS_BUILDER_CATALOG (a deployment
+            refuses to start without it).
+        allow_private_urls: Allow loopback/private image hosts (local testing only). Empty:
+            FAISS_BUILDER_ALLOW_PRIVATE_URLS, default false.
+        lease_wait_s: Seconds a second build waits for the store lease before giving up. Empty:
+            FAISS_BUILDER_LEASE_WAIT_S, default 0.
+        retry_failed: First re-fetch and re-embed the products recorded as failed. Empty:
+            FAISS_BUILDER_RETRY_FAILED, default false.
     """
     settings = load_settings(
         kinds=tuple(kinds) if kinds else None,
@@ -71,7 +95,10 @@ def build_index(
         lease_wait_s=lease_wait_s,
         retry_failed=retry_failed,
     )
-    session = start_build(settings, str(flow_run.get_id() or "local"))
+    check_deployment_settings(settings)
+    run_id = str(flow_run.get_id() or "local")
+    note_lease_holder(settings, run_id)
+    session = start_build(settings, run_id)
     try:
         if settings.embed.retry_failed:
             _retry_failures(session, settings.embed.batch_size)
@@ -92,7 +119,7 @@ def build_index(
 
 def _run_batches(session: BuildSession, batch_size: int, max_in_flight: int) -> None:
     """Keep up to `max_in_flight` embedding batches running; write results strictly in batch order."""
-    artifact = start_progress(session.storage.describe())
+    artifact = start_progress(session.storage.describe(), session.kinds)
     total = count_pending(_unvisited(session))
     progress_events.publish("start", total=total)
     in_flight: InFlight = deque()

@@ -12,9 +12,17 @@ from application.connect import open_storage
 from application.settings import Settings
 from application.verify import SampleReport, check_sample, render_check, store_kinds
 from sharding.checks import AlignmentReport
+from tasks.artifacts import artifact_key
 from tasks.retry import TRANSIENT_RETRIES
 
 _OPTIONS: dict[str, Any] = {"cache_policy": NONE, "persist_result": False, **TRANSIENT_RETRIES}
+
+
+@task(name="held-kinds", **_OPTIONS)
+def held_kinds_task(settings: Settings) -> tuple[str, list[str]]:
+    """The store's description and the kinds its progress.json has committed."""
+    storage = open_storage(settings)
+    return storage.describe(), store_kinds(storage)
 
 
 @task(name="check-store", **_OPTIONS)
@@ -35,14 +43,18 @@ def check_sample_task(
 
 
 @task(name="publish-check-report", cache_policy=NONE, persist_result=False)
-def publish_check_report(report: AlignmentReport, sample: SampleReport | None) -> None:
-    """The report as a markdown artifact, and the sample as a table."""
-    create_markdown_artifact(render_check(report, sample), key="alignment-check-report")
+def publish_check_report(
+    report: AlignmentReport, sample: SampleReport | None, store: str, kinds: list[str]
+) -> None:
+    """The report as a markdown artifact, and the sample as a table, keyed by store and kinds."""
+    create_markdown_artifact(
+        render_check(report, sample), key=artifact_key("check-report", store, kinds)
+    )
     if sample is not None and sample.results:
         create_table_artifact(
             [
                 {"kind": r.kind, "id": r.id, "ok": r.ok, "score": r.score, "note": r.note}
                 for r in sample.results
             ],
-            key="alignment-check-sample",
+            key=artifact_key("check-sample", store, kinds),
         )
