@@ -18,7 +18,7 @@ from sharding import (
     names,
 )
 from sharding.codec import decode_ids, encode_ids
-from sharding.errors import ProductIdRefused
+from sharding.errors import ProductIdRefused, StateError
 from tests.sharding.builds import unit_vector
 
 CONFIG = BuildConfig("h", "m", {"color": 4}, shard_max_vectors=10)
@@ -96,3 +96,18 @@ def test_sharding_holds_no_kinds_list() -> None:
     for kind in ("color", "v2", "clip_b32"):
         assert names.parse(names.full_id_map(kind)) == names.ParsedName("full_id_map", kind, None)
         assert names.parse(names.shard_index(kind, 3)) == names.ParsedName("index", kind, 3)
+
+
+def test_a_catalog_whose_id_type_changed_is_refused_before_anything_changes(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path)
+    writer = IndexWriter.open(store, CONFIG, run_id="r")
+    writer.add_batch(_batch([1, 2]))
+    writer.finish()
+    writer = IndexWriter.open(store, CONFIG, run_id="r2")
+    with pytest.raises(StateError, match="the store's ids are ints, this batch's are strs"):
+        writer.add_batch(_batch(["a", "b"]))
+    with pytest.raises(ValueError, match="mix int and string"):
+        writer.add_batch(_batch([3, "b"]))
+    assert writer.cursor("color") == 2

@@ -59,12 +59,25 @@ def _shrink_a_sealed_record(progress: dict) -> None:
     record["vectors"] -= 1
 
 
+def _shrink_a_sealed_record_and_the_totals(progress: dict) -> None:
+    """A consistent-looking edit: only the sealed id map's length can tell."""
+    kind = progress["kinds"]["color"]
+    _shrink_a_sealed_record(progress)
+    kind["total_vectors"] -= 1
+    brand = next(iter(kind["vectors_per_brand"]))
+    kind["vectors_per_brand"][brand] -= 1
+
+
 @pytest.mark.parametrize(
     ("edit", "needle"),
     [
         (_set_cursor_back, "cursor"),
         (_bump_total, "total_vectors"),
         (_shrink_a_sealed_record, "total_vectors"),
+        (
+            _shrink_a_sealed_record_and_the_totals,
+            r"id_map_color_shard_\d+\.json: 10 ids, 9 committed",
+        ),
     ],
 )
 def test_an_inconsistent_commit_is_refused_before_the_first_write(
