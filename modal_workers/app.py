@@ -41,6 +41,7 @@ image = (
         "numpy==2.4.6",
         "Pillow==13.0.0",
         "httpx==0.28.1",
+        "xxhash==4.1.0",
     )
     .env({"HF_HOME": f"{CACHE_DIR}/huggingface", "TOKENIZERS_PARALLELISM": "false"})
     .add_local_python_source("modal_workers")
