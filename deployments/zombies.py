@@ -1,5 +1,7 @@
 """Mark flow runs whose heartbeats stopped Crashed: `python -m deployments.zombies [SECONDS]`.
 
+`python -m deployments.zombies --crash FLOW_RUN_ID` sets one such run Crashed at once, by hand.
+
 A SIGKILLed worker and flow process tell Prefect nothing; the run stays Running and holds its
 deployment's concurrency slot. Deployment runs send a heartbeat every HEARTBEAT_S (prefect.yaml
 sets PREFECT_FLOWS_HEARTBEAT_FREQUENCY for the work pool; serve sets it for its runs). This
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 from prefect.automations import Automation
 from prefect.client.schemas.objects import StateType
@@ -67,7 +69,22 @@ def ensure_zombie_automation(after_s: float = ZOMBIE_AFTER_S) -> Automation:
     return cast(Automation, zombie_automation(after_s).create())  # sync: the value
 
 
+def crash_run(flow_run_id: str) -> str:
+    """Set a run whose process is gone Crashed (frees its concurrency slot); its new state."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        result: Any = client.set_flow_run_state(
+            flow_run_id, Crashed(message="Set Crashed by hand: its process is gone."), force=True
+        )
+    return str(result.state.type.value if result.state else result.status)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--crash"] and len(argv) == 2:
+        print(f"flow run {argv[1]}: {crash_run(argv[1])}")
+        return 0
     after_s = float(argv[0]) if argv else ZOMBIE_AFTER_S
     automation = ensure_zombie_automation(after_s)
     print(f"automation {automation.name!r} ({automation.id}) is in place")

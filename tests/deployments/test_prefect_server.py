@@ -236,6 +236,24 @@ def test_the_zombie_automation_crashes_a_run_whose_heartbeats_stopped(
         state = _api(env, "GET", f"/flow_runs/{run['id']}")["state"]["type"]
     assert state == "CRASHED"
 
+    # README's manual recovery of one run, for a server without the automation.
+    stuck = _api(
+        env,
+        "POST",
+        "/flow_runs/",
+        {"flow_id": flow["id"], "name": "stuck", "state": {"type": "RUNNING"}},
+    )
+    by_hand = subprocess.run(
+        [sys.executable, "-m", "deployments.zombies", "--crash", stuck["id"]],
+        env=env,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert by_hand.returncode == 0, by_hand.stderr
+    assert _api(env, "GET", f"/flow_runs/{stuck['id']}")["state"]["type"] == "CRASHED"
+
 
 def _names() -> list[str]:
     from deployments.specs import DEPLOYMENTS
