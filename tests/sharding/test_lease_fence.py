@@ -98,3 +98,22 @@ def test_a_fenced_local_store_refuses_writes_after_the_deadline_and_still_reads(
     fence.at = 200.0  # renewed
     store.put("b.json", b"2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+
+
+def test_a_whole_build_through_the_fence_under_random_faults_is_exactly_once(
+    storage_server: SupabaseStorageServer,
+) -> None:
+    """What the application runs: the writer on FencedStorage, the keeper renewing."""
+    from sharding.checks import check_store
+    from sharding.loader import load_index
+    from tests.sharding.builds import Catalog, run_build
+
+    store = _patient_store(storage_server)
+    lease = StoreLease.acquire(store, "run-a", ttl_s=TTL_S)
+    storage_server.faults.set_rate(0.15, seed=3, actions=("status", "reset", "lose_response"))
+    with LeaseKeeper(lease, interval_s=0.2) as keeper:
+        run_build(FencedStorage(store, lease), catalog=Catalog(n=40), before_commit=lease.verify)
+    storage_server.faults.clear()
+    assert keeper.error is None or isinstance(keeper.error, StorageUnavailable)
+    assert load_index(store, "color").ids == Catalog(n=40).indexed()
+    assert check_store(store).ok
