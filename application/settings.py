@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -15,7 +15,8 @@ from modal_workers.types import KINDS, check_kinds
 #: The index kinds as a type: an enum over modal_workers' KINDS, so forms and JSON schemas list them.
 Kind = StrEnum("Kind", [(kind, kind) for kind in KINDS])  # type: ignore[misc]
 ALL_KINDS: tuple[str, ...] = KINDS
-EmbedderName = Literal["clip", "histogram"]
+#: `clip`, the weight-free `histogram`, or any name in modal_workers.embedders.LOADERS.
+EmbedderName = str
 #: `local`, `modal`, or a name registered with application.connect.register_backend.
 Backend = str
 
@@ -71,8 +72,13 @@ class EmbedSettings(BaseSettings):
     kinds: Annotated[tuple[str, ...], NoDecode] = Field(
         ALL_KINDS, description="Index kinds to build, comma-separated."
     )
-    embedder: EmbedderName = Field("clip", description="`clip` or the weight-free `histogram`.")
-    model: str = Field(DEFAULT_CLIP_MODEL, description="CLIP model id or local folder.")
+    embedder: EmbedderName = Field(
+        "clip", description="`clip`, the weight-free `histogram`, or another registered embedder."
+    )
+    model: str | None = Field(
+        None,
+        description=f"Model id or local folder for the embedder (clip: {DEFAULT_CLIP_MODEL}).",
+    )
     backend: Backend = Field(
         "local", description="`local` (in-process), `modal` (A10G) or a registered backend."
     )
@@ -88,6 +94,15 @@ class EmbedSettings(BaseSettings):
     @classmethod
     def _split_kinds(cls, value: object) -> object:
         return parse_kinds(value)
+
+    @field_validator("embedder")
+    @classmethod
+    def _known_embedder(cls, value: str) -> str:
+        from modal_workers.embedders import LOADERS
+
+        if value not in LOADERS:
+            raise ValueError(f"unknown embedder {value!r}; choose from {', '.join(LOADERS)}")
+        return value
 
     @field_validator("backend")
     @classmethod
