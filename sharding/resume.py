@@ -55,8 +55,13 @@ def resume_differences(progress: Progress, config: BuildConfig) -> list[str]:
     other change of the shard limits.
     """
     wanted: dict[str, tuple[object, object]] = {"embedder": (progress.embedder, config.embedder)}
+    model_diff = []
     if progress.model_digest is not None and config.model_digest is not None:
-        wanted["model digest"] = (progress.model_digest, config.model_digest)
+        if progress.model_digest != config.model_digest:
+            model_diff.append(
+                f"model {progress.model!r} of weights {progress.model_digest} (this run: "
+                f"{config.model!r} of weights {config.model_digest})"
+            )
     else:
         wanted["model"] = (progress.model, config.model)
     wanted["shard_max_vectors"] = (progress.shard_max_vectors, config.shard_max_vectors)
@@ -66,6 +71,7 @@ def resume_differences(progress: Progress, config: BuildConfig) -> list[str]:
     diffs = [
         f"{key} {old!r} (this run: {new!r})" for key, (old, new) in wanted.items() if old != new
     ]
+    diffs[1:1] = model_diff  # after the embedder, as the settings read
     if config.shard_max_bytes > progress.shard_max_bytes:
         diffs.append(
             f"shard_max_bytes {progress.shard_max_bytes!r} (this run: {config.shard_max_bytes!r}; "
