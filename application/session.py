@@ -192,8 +192,13 @@ def build_config(settings: Settings, described: dict[str, Any]) -> BuildConfig:
 def open_writer(
     storage: Storage, config: BuildConfig, settings: Settings, run_id: str
 ) -> tuple[StoreLease, LeaseKeeper, IndexWriter]:
-    """Take the lease, keep it renewed from now on, then open (and verify) the store under it."""
+    """Take the lease, keep it renewed from now on, then open (and verify) the store under it.
+
+    The writer gets the store through a fence: no write of its starts, and no retry of one goes
+    on, once the lease may have passed to another run (the lease's own deadline, monotonic).
+    """
     from sharding.lease import LeaseKeeper, StoreLease
+    from sharding.storage import FencedStorage
     from sharding.writer import IndexWriter
 
     store = settings.store
@@ -201,7 +206,7 @@ def open_writer(
     keeper = LeaseKeeper(lease).start()
     try:
         writer = IndexWriter.open(
-            storage,
+            FencedStorage(storage, lease),
             config,
             run_id=run_id,
             crash_after_writes=store.crash_after_writes,

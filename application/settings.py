@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from modal_workers.embedders import DEFAULT_CLIP_MODEL
 from modal_workers.names import APP_NAME, CLS_NAME
 from modal_workers.types import KINDS, check_kinds
+from sharding.lease import MIN_TTL_S
 
 #: The index kinds as a type: an enum over modal_workers' KINDS, so forms and JSON schemas list them.
 Kind = StrEnum("Kind", [(kind, kind) for kind in KINDS])  # type: ignore[misc]
@@ -38,7 +39,9 @@ class StoreSettings(BaseSettings):
     )
     cache_dir: str | None = Field(None, description="Local cache for downloaded shards (search).")
     lease_ttl_s: float = Field(
-        60.0, gt=0, description="Store lease lifetime; renewed in the background while running."
+        60.0,
+        ge=MIN_TTL_S,
+        description="Store lease lifetime; renewed in the background while running.",
     )
     lease_wait_s: float = Field(0.0, ge=0, description="How long a second writer waits.")
     crash_after_writes: int | None = Field(
