@@ -100,9 +100,7 @@ class BuildSession:
 
     def failed_ids(self) -> list[ProductId]:
         """Recorded failures in any of this run's kinds, oldest first, each id once."""
-        kinds = set(self.kinds)
-        ids = [f.id for f in self.writer.failures() if kinds & set(f.kinds)]
-        return list(dict.fromkeys(ids))
+        return self.writer.failed_ids(self.kinds)
 
     def embed(self, products: list[Product]) -> EmbedOutput:
         """Download and embed one batch; bad images come back as failures, not exceptions."""

@@ -74,14 +74,16 @@ def verify_sample(
 ) -> SampleReport:
     """Re-fetch and re-embed `sample` indexed products; each must be its own nearest neighbour."""
     from modal_workers.types import ImageRef
-    from sharding.loader import load_index
+    from sharding.scan import kind_ids, scan_search
+    from sharding.state import require_progress
 
     report = SampleReport(threshold=threshold)
-    indexes = {kind: load_index(storage, kind) for kind in kinds}
+    progress = require_progress(storage)
+    # Ids only (the id maps): the vectors are scanned one shard at a time below, so the check
+    # never holds a whole kind in memory to re-embed a few products.
+    indexed = {kind: set(kind_ids(storage, progress, kind)) for kind in kinds}
     # Sample across kinds: per-kind runs may have indexed a product in one kind and not another.
-    ids = pick_sample(
-        sorted({pid for i in indexes.values() for pid in i.ids}, key=str), sample, seed
-    )
+    ids = pick_sample(sorted(set().union(*indexed.values()), key=str), sample, seed)
     products = catalog.get(ids)
     report.unverifiable += [
         {"id": missing, "reason": "not in catalog"}
@@ -92,10 +94,9 @@ def verify_sample(
     if output is None:
         return report
     report.unverifiable += [{"id": f.id, "reason": f.reason} for f in output.failures]
-    for kind, index in indexes.items():
-        indexed = set(index.ids)
-        rows = [i for i, product_id in enumerate(output.ids) if product_id in indexed]
-        hits = index.search(output.vectors[kind][rows], 5) if rows else []
+    for kind in kinds:
+        rows = [i for i, product_id in enumerate(output.ids) if product_id in indexed[kind]]
+        hits = scan_search(storage, progress, kind, output.vectors[kind][rows], 5) if rows else []
         report.results += [
             _judge(kind, output.ids[i], row, threshold) for i, row in zip(rows, hits, strict=True)
         ]

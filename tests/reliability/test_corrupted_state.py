@@ -1,4 +1,9 @@
-"""Corrupted state: `check` names the object and the problem, `build` refuses and writes nothing."""
+"""Corrupted state: `check` names the object and the problem, `build` refuses and writes nothing.
+
+A build verifies what it builds on (progress.json, manifest segments, id maps, the open shards),
+not every sealed vector file: bit rot inside a sealed shard is `check`'s to find, and a build
+leaves that shard exactly as it found it.
+"""
 
 from __future__ import annotations
 
@@ -36,12 +41,12 @@ def _shorten_id_map(store: Path) -> None:
     path.write_text(json.dumps(json.loads(path.read_text())[:-1]))
 
 
-# corruption, the object check must name, the problem code it must report
-CASES: dict[str, tuple[Corruption, str, str]] = {
-    "truncated-progress": (_truncate_progress, "progress.json", "progress_invalid"),
-    "altered-shard": (_alter_shard, "clip_color_shard_00001.index", "sha256_mismatch"),
-    "missing-shard": (_remove_shard, "clip_structure_shard_00002.index", "missing_object"),
-    "short-id-map": (_shorten_id_map, "id_map_combined_shard_00001.json", "sha256_mismatch"),
+# corruption, the object check must name, the problem code it must report, build refuses it
+CASES: dict[str, tuple[Corruption, str, str, bool]] = {
+    "truncated-progress": (_truncate_progress, "progress.json", "progress_invalid", True),
+    "altered-shard": (_alter_shard, "clip_color_shard_00001.index", "sha256_mismatch", False),
+    "missing-shard": (_remove_shard, "clip_structure_shard_00002.index", "missing_object", True),
+    "short-id-map": (_shorten_id_map, "id_map_combined_shard_00001.json", "sha256_mismatch", True),
 }
 
 
@@ -68,7 +73,7 @@ def test_check_names_the_damage_and_build_refuses_without_writing(
     env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    corrupt, name, code = CASES[case]
+    corrupt, name, code, refused = CASES[case]
     store = tmp_path / "store"
     shutil.copytree(partial_store, store)
     corrupt(store)
@@ -80,6 +85,12 @@ def test_check_names_the_damage_and_build_refuses_without_writing(
     assert any(p["code"] == code and name in p["message"] for p in problems), problems
 
     built = run_cli(["build", "--store", str(store), "--catalog", str(catalog)], env, tmp_path)
+    if not refused:  # a sealed shard the run does not build on: untouched, still reported
+        assert built.code == 0, built.stderr
+        assert snapshot(store)[name] == before[name]
+        again = run_cli(["check", "--store", str(store), "--sample", "0"], env, tmp_path)
+        assert again.code == EXIT_CHECK_FAILED and name in again.stdout, again.stdout
+        return
     assert built.code == EXIT_STATE, built.stderr
     lines = built.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("faiss-builder: error:"), built.stderr
