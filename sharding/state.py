@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+import orjson
 from pydantic import ValidationError
 
 from sharding import names
@@ -58,16 +59,26 @@ def read_progress(storage: Storage) -> Progress | None:
         data = storage.get(names.PROGRESS)
     except ObjectNotFound:
         return None
-    try:
-        progress = Progress.model_validate_json(data)
-    except ValidationError as exc:
-        raise StateError(f"{names.PROGRESS} in {storage.describe()} is not valid: {exc}") from exc
-    if progress.format_version not in READABLE_FORMATS:
+    # The version first: a newer format may hold fields this reader would call invalid.
+    version = _format_version(data)
+    if version is not None and version not in READABLE_FORMATS:
         raise StateError(
-            f"{names.PROGRESS} in {storage.describe()} has format {progress.format_version}; this "
+            f"{names.PROGRESS} in {storage.describe()} has format {version}; this "
             f"faiss-builder reads formats {', '.join(map(str, READABLE_FORMATS))}"
         )
-    return progress
+    try:
+        return Progress.model_validate_json(data)
+    except ValidationError as exc:
+        raise StateError(f"{names.PROGRESS} in {storage.describe()} is not valid: {exc}") from exc
+
+
+def _format_version(data: bytes) -> object:
+    """progress.json's format_version, or None when it is not a JSON object that has one."""
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return document.get("format_version") if isinstance(document, dict) else None
 
 
 def require_progress(storage: Storage) -> Progress:

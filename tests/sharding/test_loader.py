@@ -174,6 +174,16 @@ def test_a_store_of_a_newer_format_is_refused_by_name(built: LocalStore) -> None
         load_index(built, "color")
 
 
+def test_a_newer_format_with_fields_this_reader_lacks_is_refused_by_its_version(
+    built: LocalStore,
+) -> None:
+    progress = json.loads((built.root / "progress.json").read_text())
+    progress.update(format_version=99, a_field_of_format_99={"shards": []})
+    (built.root / "progress.json").write_text(json.dumps(progress))
+    with pytest.raises(StateError, match="has format 99; this faiss-builder reads formats"):
+        load_index(built, "color")
+
+
 def test_a_committed_empty_shard_loads_as_no_vectors(tmp_path: Path) -> None:
     from sharding.codec import encode_ids, encode_index, sha256_hex, xxh3_hex
     from sharding.loader import _load_shard_into, _ShardSource
