@@ -4,6 +4,7 @@ and kind, an alignment check of the kinds the store holds, a waiting build that 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +118,16 @@ def test_a_build_waiting_for_the_lease_logs_for_whom(
     with pytest.raises(LeaseHeld):
         state.result()
     run_id = state.state_details.flow_run_id
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-    assert any(
-        "held by run nightly-color" in log.message and "waiting up to 1 s" in log.message
-        for log in logs
-    ), [log.message for log in logs]
+    wanted = ("held by run nightly-color", "waiting up to 1 s")
+    messages: list[str] = []
+    deadline = time.monotonic() + 15  # run logs reach the API in batches
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+            )
+        messages = [log.message for log in logs]
+        if any(all(part in message for part in wanted) for message in messages):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"no log says who holds the lease: {messages}")
