@@ -146,7 +146,9 @@ def store_kinds(storage: Storage) -> list[str]:
     from sharding.state import require_progress
 
     present = require_progress(storage).kinds
-    return [kind for kind in ("color", "structure", "combined") if kind in present]
+    from modal_workers.types import KINDS
+
+    return [kind for kind in KINDS if kind in present]
 
 
 def run_alignment_check(

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from bench._common import emit, peak_rss_mb, quiet_prefect, timer
+from modal_workers.types import KINDS
 
 DIM = 512
 SHARD = 1000
-ALL_KINDS = ("color", "structure", "combined")
 
 
 _TABLE_ROWS = 4093  # prime: (id % P, id // P % P) differs for every id below P**2 (16.7M)
@@ -200,7 +200,7 @@ def summary_line(r: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--products", type=int, default=100_000)
-    parser.add_argument("--kinds", default=",".join(ALL_KINDS))
+    parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--no-raw", action="store_true", help="skip the raw faiss comparison")
     args = parser.parse_args(argv)

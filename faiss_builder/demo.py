@@ -15,6 +15,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from application.settings import load_settings
 from faiss_builder.errors import UsageError
 from modal_workers.embedders import DEFAULT_CLIP_MODEL
+from modal_workers.types import KINDS
 
 MARKER = ".faiss-builder-demo"
 #: scikit-image ships these photographs inside the package: no download needed.
@@ -47,7 +48,7 @@ def run_demo(folder: Path, *, products: int, embedder: str, echo: Echo) -> None:
         embedder=chosen,
         model=DEFAULT_CLIP_MODEL,
         batch_size=64,
-        kinds=("color", "structure", "combined"),
+        kinds=KINDS,
     )
     summary = run_build(settings, show_progress=True)
     vectors = ", ".join(f"{kind} {count}" for kind, count in summary["total_vectors"].items())
