@@ -149,7 +149,7 @@ def measure(vectors: int, dim: int, rounds: int = 5) -> dict[str, Any]:
     del everything
     queries = unit_rows(np.random.default_rng(1), QUERIES, dim)
     hits = loaded.search(queries, K)
-    faiss.cvar.distance_compute_blas_threshold = 20  # what the loader uses (DESIGN §7)
+    faiss.cvar.distance_compute_blas_threshold = 20  # what the loader uses (sharding/loader.py)
     _, positions = reference.search(queries, K)
     same = all(
         [h.id for h in row] == [int(p) + 1 for p in ref]

@@ -1,4 +1,5 @@
-"""A local Supabase Storage API that answers as DESIGN.md §5 describes, with switchable faults."""
+"""A local Supabase Storage API that answers as the real supabase/storage server (v1.70.6) does:
+the error shapes and token handling sharding/supabase_store.py relies on, with switchable faults."""
 
 from __future__ import annotations
 
