@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from application.backends import BACKENDS, EmbedBackend
 from application.catalog.base import Catalog
@@ -21,7 +22,25 @@ def open_storage(settings: Settings) -> Storage:
         return _open_supabase_storage(settings)
     from sharding.local_store import LocalStore
 
-    return LocalStore(Path(settings.store.store))
+    return LocalStore(local_store_path(settings.store.store))
+
+
+def local_store_path(store: str) -> Path:
+    """The folder a local store lives in; ConfigError (exit 2, nothing written) for an empty
+    name (it would be the current folder) or a path that is, or lies under, a file."""
+    if not store.strip():
+        raise ConfigError(
+            "--store / FAISS_BUILDER_STORE is empty: name the store's folder (or `supabase`)"
+        )
+    path = Path(store)
+    for folder in (path, *path.parents):
+        try:
+            if folder.exists() and not folder.is_dir():
+                at = "is" if folder == path else f"lies under {folder}, which is"
+                raise ConfigError(f"store {store}: {path} {at} a file, not a folder")
+        except OSError as exc:  # e.g. a name too long, or a folder we may not look into
+            raise ConfigError(f"store {store}: cannot look at {folder}: {exc.strerror}") from exc
+    return path
 
 
 def open_catalog(settings: Settings) -> Catalog:
@@ -39,7 +58,7 @@ def open_catalog(settings: Settings) -> Catalog:
 def open_backend(settings: Settings, embedder: str, model: str | None) -> EmbedBackend:
     """The embedding backend `settings.embed.backend` names (validated by the settings)."""
     factory = BACKENDS[settings.embed.backend]
-    return factory(settings, embedder, model if embedder == "clip" else None)
+    return factory(settings, embedder, model)
 
 
 def fetch_limits(settings: Settings, local_root: str | None) -> FetchLimits:
@@ -68,7 +87,45 @@ def supabase_credentials(settings: Settings) -> tuple[str, Any]:
     if missing:
         raise ConfigError(f"Supabase is selected but {' and '.join(missing)} not set")
     assert supabase.url is not None and supabase.key is not None
+    check_supabase_url(supabase.url)
+    check_supabase_key(supabase.key.get_secret_value())
     return supabase.url, supabase.key
+
+
+def check_supabase_url(url: str) -> None:
+    """ConfigError unless `url` is an http(s) URL with a host (https://<ref>.supabase.co)."""
+    hint = "SUPABASE_URL must look like https://<project-ref>.supabase.co"
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        parts, port_ok = None, False
+    if (
+        parts is None
+        or not port_ok
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or any(char.isspace() for char in url)
+        or not url.isprintable()
+    ):
+        raise ConfigError(f"SUPABASE_URL {_shown_url(url)} is not a valid URL: {hint}")
+
+
+def check_supabase_key(key: str) -> None:
+    """ConfigError (never showing the key) unless it is printable ASCII without spaces: HTTP
+    headers cannot carry anything else, and a key with such characters is a copy slip."""
+    if key.isascii() and key.isprintable() and not any(char.isspace() for char in key):
+        return
+    raise ConfigError(
+        "SUPABASE_KEY holds a non-ASCII, space or control character, which no Supabase key "
+        "has: copy the service_role key again (Project Settings -> API)"
+    )
+
+
+def _shown_url(url: str) -> str:
+    """The URL for a message: cut, and without any user:password part."""
+    shown = url.split("@", 1)[-1] if "://" in url and "@" in url else url
+    return repr(shown if len(shown) <= 80 else shown[:77] + "...")
 
 
 def _open_supabase_storage(settings: Settings) -> Storage:

@@ -40,8 +40,15 @@ def search_store(
     }
 
 
-def store_status(settings: Settings, *, include_failures: bool) -> dict[str, Any]:
-    """The committed state of the store, read from progress.json."""
+def store_status(
+    settings: Settings, *, include_failures: bool, with_catalog: bool = False
+) -> dict[str, Any]:
+    """The committed state of the store, read from progress.json.
+
+    `with_catalog`: also count, per kind, the catalog rows that sort at or below the cursor but
+    were never indexed (a resumed build cannot reach them; application.catalog.coverage).
+    """
+    from application.catalog.coverage import unindexed_below_cursor, unreachable_message
     from sharding.state import list_failures, read_progress
 
     storage = open_storage(settings)
@@ -61,11 +68,18 @@ def store_status(settings: Settings, *, include_failures: bool) -> dict[str, Any
         "kinds": {kind: _kind_status(kp) for kind, kp in progress.kinds.items()},
         "failed_count": progress.failures.total,
     }
+    failures = list_failures(storage, progress) if include_failures or with_catalog else []
     if include_failures:
         result["failures"] = [
             {"id": f.id, "reason": f.reason, "message": f.message, "kinds": f.kinds}
-            for f in list_failures(storage, progress)
+            for f in failures
         ]
+    if with_catalog:
+        catalog = open_catalog(settings)
+        counts = unindexed_below_cursor(catalog, progress, failures, list(progress.kinds))
+        result["catalog"] = catalog.describe()
+        result["unindexed_below_cursor"] = counts
+        result["warnings"] = [m for m in [unreachable_message(counts)] if m]
     return result
 
 

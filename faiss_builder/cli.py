@@ -151,13 +151,22 @@ def search(
 def status(
     store: StoreOpt = None,
     failed: Annotated[bool, typer.Option("--failed", help="List failed products")] = False,
+    catalog: Annotated[
+        str | None,
+        typer.Option(
+            "--catalog",
+            help="Also count this catalog's rows that sort at or below the cursor but were "
+            "never indexed (CSV/JSONL file or `supabase`)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """What the store holds: vectors and shards per kind, cursor, failures."""
     with _errors_to_exit_codes():
         from application.queries import store_status
 
-        result = store_status(_settings(store=store), include_failures=failed)
+        settings = _settings(store=store, catalog=catalog)
+        result = store_status(settings, include_failures=failed, with_catalog=catalog is not None)
         _emit(result, as_json, _render_status)
 
 
@@ -235,6 +244,7 @@ def _render_build(summary: dict[str, Any]) -> str:
         f"{summary['total_vectors'][kind]} total in {summary['shards'][kind]} shard(s)"
         for kind in summary["kinds"]
     ]
+    lines += [f"  warning: {warning}" for warning in summary.get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -267,6 +277,7 @@ def _render_status(result: dict[str, Any]) -> str:
         for kind, info in result["kinds"].items()
     ]
     lines.append(f"  failed products: {result['failed_count']}")
+    lines += [f"  warning: {warning}" for warning in result.get("warnings", [])]
     lines += [
         f"    {f['id']!r}: {f['reason']} — {f['message']}" for f in result.get("failures", [])
     ]

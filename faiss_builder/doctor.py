@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
-import tomllib
-from collections.abc import Callable, Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,14 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from application.connect import open_catalog, open_storage
+from application.connect import (
+    check_supabase_key,
+    check_supabase_url,
+    open_catalog,
+    open_storage,
+)
+from application.errors import ConfigError
 from application.settings import Settings
-
-MODAL_CONFIG = Path("~/.modal.toml")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,10 @@ class SupabaseTarget:
     url_column: str = "image_url"
     brand_column: str = "brand"
     buckets: Sequence[str] = ()
+    #: The bucket the index is stored in, and the largest shard file the build writes: shown
+    #: against the bucket's own file_size_limit. None: the store is not in Supabase.
+    store_bucket: str | None = None
+    shard_max_bytes: int | None = None
 
 
 def run_checks(
@@ -48,18 +57,15 @@ def run_checks(
     backend: str = "local",
     prefect_api_url: str | None = None,
     prefect_api_key: SecretStr | None = None,
-    environ: Mapping[str, str] | None = None,
-    modal_config: Path = MODAL_CONFIG,
     timeout_s: float = 10.0,
 ) -> list[CheckResult]:
     """Every check in order, one result each; nothing is written anywhere.
 
-    `supabase` is None when neither the catalog nor the store uses Supabase. `environ` is the
-    process environment (the caller passes os.environ) for the Modal token variables.
+    `supabase` is None when neither the catalog nor the store uses Supabase.
     """
     results = check_supabase(supabase, timeout_s) if supabase is not None else []
     if backend == "modal":
-        results.append(check_modal_credentials(environ or {}, modal_config))
+        results.append(check_modal_credentials())
     if prefect_api_url:
         results.append(check_prefect(prefect_api_url, prefect_api_key, timeout_s))
     return results
@@ -74,20 +80,58 @@ def check_supabase(target: SupabaseTarget, timeout_s: float) -> list[CheckResult
         missing = " and ".join(name for name, value in named if not value)
         return [CheckResult("supabase reachable", False, f"{missing} not set")]
     key = target.key.get_secret_value()
+    buckets = list(dict.fromkeys(target.buckets))
+    names = ["catalog table", *(f"bucket {bucket}" for bucket in buckets)]
+    try:  # the same refusals as a build: a URL or key no HTTP request can carry
+        check_supabase_url(target.url)
+        check_supabase_key(key)
+    except ConfigError as exc:
+        results = [CheckResult("supabase reachable", False, str(exc))]
+        return results + [CheckResult(n, False, "not checked: bad configuration") for n in names]
     results = [check_reachable(target.url, key, timeout_s), check_key_role(key)]
-    names = ["catalog table", *(f"bucket {bucket}" for bucket in dict.fromkeys(target.buckets))]
     if not results[0].ok:
         return results + [CheckResult(n, False, "not checked: Supabase unreachable") for n in names]
     from sharding.supabase_store import create_supabase_client
 
     client = create_supabase_client(target.url, target.key, timeout_s, retry_reads=False)
-    checks = [lambda: _table_detail(client, target)]
-    checks += [_bucket_check(client, bucket) for bucket in dict.fromkeys(target.buckets)]
-    return results + [_guarded(name, key, check) for name, check in zip(names, checks, strict=True)]
+    results.append(_guarded("catalog table", key, lambda: _table_detail(client, target)))
+    for bucket in buckets:
+        limit: list[int | None] = []
+        results.append(_guarded(f"bucket {bucket}", key, _bucket_check(client, bucket, limit)))
+        if bucket == target.store_bucket and target.shard_max_bytes is not None and limit:
+            results.append(check_shard_size(bucket, limit[0], target.shard_max_bytes))
+    return results
 
 
-def _bucket_check(client: Any, bucket: str) -> Callable[[], str]:
-    return lambda: _bucket_detail(client, bucket)
+def _bucket_check(client: Any, bucket: str, limit: list[int | None]) -> Callable[[], str]:
+    def detail() -> str:
+        found = client.storage.get_bucket(bucket)
+        size_limit = getattr(found, "file_size_limit", None)
+        limit.append(size_limit)
+        access = "public" if found.public else "private"
+        if size_limit is None:
+            return f"present ({access}; no file size limit of its own: the project's applies)"
+        return f"present ({access}; file_size_limit {size_limit:,} bytes)"
+
+    return detail
+
+
+def check_shard_size(bucket: str, file_size_limit: int | None, shard_max_bytes: int) -> CheckResult:
+    """FAIL when a shard could be larger than the bucket accepts: that upload would be refused
+    (413) once a shard grows that big, and the build would stop there."""
+    name = "shard size"
+    if file_size_limit is None or shard_max_bytes <= file_size_limit:
+        bound = (
+            "" if file_size_limit is None else f" <= bucket {bucket}'s limit {file_size_limit:,}"
+        )
+        return CheckResult(name, True, f"shard_max_bytes {shard_max_bytes:,}{bound}")
+    return CheckResult(
+        name,
+        False,
+        f"shard_max_bytes {shard_max_bytes:,} exceeds bucket {bucket}'s file_size_limit "
+        f"{file_size_limit:,}: shards that large would be refused (413); set "
+        f"FAISS_BUILDER_SHARD_MAX_BYTES to at most {file_size_limit:,}, or raise the bucket's limit",
+    )
 
 
 def check_reachable(url: str, key: str, timeout_s: float) -> CheckResult:
@@ -137,11 +181,6 @@ def _table_detail(client: Any, target: SupabaseTarget) -> str:
     return f"{target.table} readable with columns {', '.join(columns)}"
 
 
-def _bucket_detail(client: Any, bucket: str) -> str:
-    found = client.storage.get_bucket(bucket)
-    return f"present ({'public' if found.public else 'private'})"
-
-
 def _guarded(name: str, key: str, detail: Callable[[], str]) -> CheckResult:
     """Run one check; any failure becomes a FAIL line whose text never holds the key."""
     try:
@@ -154,29 +193,26 @@ def _guarded(name: str, key: str, detail: Callable[[], str]) -> CheckResult:
 # --- Modal and Prefect ------------------------------------------------------------------------
 
 
-def check_modal_credentials(environ: Mapping[str, str], config: Path) -> CheckResult:
-    """Token present in the environment or ~/.modal.toml; no network call (a bad token hangs)."""
+def check_modal_credentials() -> CheckResult:
+    """The very check a `--backend modal` build makes (modal_workers.remote): a token in
+    MODAL_TOKEN_ID/MODAL_TOKEN_SECRET or in Modal's config file (MODAL_CONFIG_PATH, else
+    ~/.modal.toml; its active profile). No network call: a bad token would hang."""
     name = "modal credentials"
-    if environ.get("MODAL_TOKEN_ID") and environ.get("MODAL_TOKEN_SECRET"):
-        return CheckResult(name, True, "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET set")
-    profile = _modal_profile_with_token(config.expanduser())
-    if profile is not None:
-        return CheckResult(name, True, f"token in {config} (profile {profile})")
     hint = "run `modal token new` or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET"
-    return CheckResult(name, False, f"no Modal token found: {hint}")
-
-
-def _modal_profile_with_token(config: Path) -> str | None:
     try:
-        profiles = tomllib.loads(config.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return None
-    usable = [
-        (bool(values.get("active")), profile)
-        for profile, values in profiles.items()
-        if isinstance(values, dict) and values.get("token_id") and values.get("token_secret")
-    ]
-    return max(usable)[1] if usable else None  # the active profile first
+        from modal_workers.remote import modal_credentials_present
+
+        present = modal_credentials_present()
+    except Exception as exc:  # modal.config refuses a malformed config file on import
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        return CheckResult(name, False, f"Modal's configuration cannot be read: {detail}")
+    if not present:
+        return CheckResult(name, False, f"no Modal token found: {hint}")
+    if os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET"):
+        return CheckResult(name, True, "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET set")
+    from modal.config import user_config_path
+
+    return CheckResult(name, True, f"token in {user_config_path}")
 
 
 def check_prefect(api_url: str, api_key: SecretStr | None, timeout_s: float) -> CheckResult:
@@ -193,8 +229,6 @@ def check_prefect(api_url: str, api_key: SecretStr | None, timeout_s: float) -> 
 
 def run_doctor(settings: Settings) -> dict[str, Any]:
     """Connectivity and configuration checks that write nothing."""
-    import os
-
     from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
 
     api_key = PREFECT_API_KEY.value()
@@ -203,10 +237,10 @@ def run_doctor(settings: Settings) -> dict[str, Any]:
         backend=settings.embed.backend,
         prefect_api_url=PREFECT_API_URL.value() or None,
         prefect_api_key=SecretStr(api_key) if api_key else None,
-        environ=os.environ,
         timeout_s=min(settings.supabase.timeout_s, 10.0),
     )
-    checks.insert(0, _config_check(settings))
+    writable = None if settings.store.store == "supabase" else _writable(settings)
+    checks[:0] = [_config_check(settings), *([writable] if writable else [])]
     return {
         "ok": all(check.ok for check in checks),
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
@@ -230,6 +264,8 @@ def _supabase_target(settings: Settings) -> Any:
         url_column=catalog.catalog_url_column,
         brand_column=catalog.catalog_brand_column,
         buckets=buckets,
+        store_bucket=settings.supabase.bucket if uses_bucket else None,
+        shard_max_bytes=settings.store.shard_max_bytes if uses_bucket else None,
     )
 
 
@@ -241,3 +277,33 @@ def _config_check(settings: Settings) -> Any:
     except Exception as exc:
         return CheckResult("configuration", False, " ".join(str(exc).split()))
     return CheckResult("configuration", True, f"{catalog} -> {store}")
+
+
+def _writable(settings: Settings) -> CheckResult | None:
+    """A local store can take a write: a temp file created, fsynced and removed in its folder
+    (or, before the first build, the nearest folder above it that exists). Leaves nothing.
+    None when the store cannot even be opened (the configuration line says why)."""
+    try:
+        storage = open_storage(settings)
+    except Exception:
+        return None
+    probe = getattr(storage, "check_writable", None)
+    try:
+        detail = probe() if probe is not None else probe_folder(Path(settings.store.store))
+    except Exception as exc:
+        return CheckResult("store writable", False, " ".join(str(exc).split()))
+    return CheckResult("store writable", True, detail)
+
+
+def probe_folder(root: Path) -> str:
+    """Create and remove a temp file in `root` or the nearest existing folder above it."""
+    folder = root
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        handle, name = tempfile.mkstemp(prefix=".tmp-doctor-", dir=folder)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as exc:
+        raise OSError(f"{root} is not writable ({exc.strerror}, probe in {folder})") from exc
+    return f"{root} is writable"

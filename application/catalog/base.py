@@ -7,9 +7,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from application.errors import CatalogMismatch
-from modal_workers.types import ProductId
+from modal_workers.types import FailedProduct, ProductId
 
-__all__ = ["MAX_BRAND_CHARS", "Catalog", "Product", "ProductId", "bounded_brand", "check_cursor"]
+__all__ = [
+    "MAX_BRAND_CHARS",
+    "Catalog",
+    "Product",
+    "ProductId",
+    "bounded_brand",
+    "check_cursor",
+    "split_refused",
+]
 
 #: Longer brands are cut to this many characters (the store counts vectors per brand, and
 #: progress.json is rewritten at every commit). The same bound as sharding.progress.BRAND_CHARS.
@@ -21,6 +29,9 @@ class Product:
     id: ProductId
     image_url: str
     brand: str | None = None
+    #: (reason, message) when the catalog already knows this image cannot be fetched (a
+    #: private-bucket path Storage would not sign): record it as failed, do not send it out.
+    refused: tuple[str, str] | None = None
 
 
 class Catalog(Protocol):
@@ -49,6 +60,18 @@ class Catalog(Protocol):
         the cursor (ids must grow: docs/extending.md, "Id ordering"). CatalogMismatch when
         `cursor` is not of the catalog's id type."""
         ...
+
+
+def split_refused(products: Sequence[Product]) -> tuple[list[Product], list[FailedProduct]]:
+    """(products to embed, failures for the ones the catalog refused): what the build sends
+    to the workers, and what it records as failed without sending."""
+    ready = [product for product in products if product.refused is None]
+    failed = [
+        FailedProduct(id=product.id, reason=product.refused[0], message=product.refused[1])
+        for product in products
+        if product.refused is not None
+    ]
+    return ready, failed
 
 
 def bounded_brand(value: object) -> tuple[str | None, bool]:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import httpx
 from postgrest.exceptions import APIError
 
-from application.catalog.base import Product, ProductId
+from application.catalog.base import Product, ProductId, bounded_brand, check_cursor
+from application.catalog.ids import IdRefused, check_id
 from application.catalog.local import CatalogError
 from modal_workers.fetch import is_http_url
 
@@ -42,9 +43,19 @@ class SupabaseCatalogError(CatalogError):
 
 
 class CatalogUnavailable(SupabaseCatalogError):
-    """Supabase did not answer (network, timeout, 5xx): worth retrying."""
+    """Supabase did not answer (network, timeout, 5xx): worth retrying. Exit 3, as for storage."""
 
     transient = True
+
+
+class CatalogAuthError(SupabaseCatalogError):
+    """Supabase refused the key, or the key's role may not read the table. Exit 3, as for
+    storage refusing our credentials."""
+
+
+#: The reason a product whose private-bucket path Storage would not sign is recorded with.
+NOT_SIGNED = "not_signed"
+_UNKNOWN: Any = object()
 
 
 class SupabaseCatalog:
@@ -77,11 +88,14 @@ class SupabaseCatalog:
         self.page_size = page_size
         self.sign_bucket = sign_bucket
         self.sign_expires_s = sign_expires_s
+        self._id_type: type | None = _UNKNOWN
 
     def describe(self) -> str:
         return f"Supabase table {self.table} at {_host(self.client)}"
 
     def page(self, after: ProductId | None, limit: int) -> list[Product]:
+        if after is not None:
+            self._check_cursor(after)
         products: list[Product] = []
         cursor = after
         while len(products) < limit:
@@ -100,6 +114,8 @@ class SupabaseCatalog:
         return min(self.page_size, POSTGREST_MAX_ROWS)
 
     def get(self, ids: Sequence[ProductId]) -> list[Product]:
+        for product_id in {type(i): i for i in ids}.values():
+            self._check_cursor(product_id)
         found: list[Product] = []
         for chunk in _chunks(list(dict.fromkeys(ids)), GET_CHUNK):
             query = self._select().in_(self.columns.id, chunk).order(self.columns.id)
@@ -108,23 +124,60 @@ class SupabaseCatalog:
 
     def count_after(self, after: ProductId | None) -> int:
         """How many products come after `after` (for progress bars)."""
+        if after is None:
+            return self._count(None, None)
+        self._check_cursor(after)
+        return self._count("gt", after)
+
+    def count_at_or_below(self, cursor: ProductId) -> int:
+        """Rows with id <= cursor: one `count=exact` HEAD request (no rows are sent)."""
+        self._check_cursor(cursor)
+        return self._count("lte", cursor)
+
+    @property
+    def id_type(self) -> type | None:
+        """int or str, from the table's first row (one request, once); None for an empty table."""
+        if self._id_type is _UNKNOWN:
+            query = self.client.table(self.table).select(self.columns.id)
+            rows = self._rows(query.order(self.columns.id).limit(1))
+            if not rows:
+                return None  # asked again next time: the table may fill up
+            self._id_type = type(self.columns.checked_id(rows[0], self.table))
+        return self._id_type
+
+    def _check_cursor(self, cursor: ProductId) -> None:
+        check_cursor(cursor, self.id_type, self.describe())
+
+    def _count(self, operator: str | None, value: ProductId | None) -> int:
         query = self.client.table(self.table).select(self.columns.id, count="exact", head=True)  # type: ignore[arg-type]
-        if after is not None:
-            query = query.gt(self.columns.id, after)
-        response = self._run(query)
-        return int(response.count or 0)
+        if operator is not None:
+            query = getattr(query, operator)(self.columns.id, value)
+        return int(self._run(query).count or 0)
 
     def sign_for_fetch(self, products: Sequence[Product]) -> list[Product]:
-        """Products ready for the workers: storage paths in `sign_bucket` become signed URLs."""
+        """Products ready for the workers: storage paths in `sign_bucket` become signed URLs.
+
+        A path Storage will not sign (the object is missing, or the key may not read it) keeps
+        its path and is marked `refused` (NOT_SIGNED, Storage's reason): the build records it
+        as failed instead of sending it out (application.catalog.base.split_refused).
+        """
         if self.sign_bucket is None:
             return list(products)
         signed = sign_image_urls(self.client, self.sign_bucket, products, self.sign_expires_s)
-        if signed.failures:
-            # Left as bare paths, they are refused by the fetcher and recorded as failed products.
-            first = signed.failures[0]
-            count = len(signed.failures)
-            log.warning("%d paths not signed (first %s: %s)", count, first.path, first.message)
-        return signed.products
+        if not signed.failures:
+            return signed.products
+        first = signed.failures[0]
+        count = len(signed.failures)
+        log.warning("%d paths not signed (first %s: %s)", count, first.path, first.message)
+        reasons = {failure.id: failure for failure in signed.failures}
+        return [
+            replace(
+                product, refused=(NOT_SIGNED, _not_signed(self.sign_bucket, reasons[product.id]))
+            )
+            if product.id in reasons
+            else product
+            for product in signed.products
+        ]
 
     def _request_page(self, after: ProductId | None, rows: int) -> list[Product]:
         query = self._select()
@@ -136,7 +189,18 @@ class SupabaseCatalog:
         return self.client.table(self.table).select(",".join(self.columns))
 
     def _execute(self, query: Any) -> list[Product]:
-        return [self.columns.to_product(row) for row in self._run(query).data]
+        return [self.columns.to_product(row, self.table) for row in self._rows(query)]
+
+    def _rows(self, query: Any) -> list[dict[str, Any]]:
+        data = self._run(query).data
+        # postgrest-py hands back the raw text when the body is not JSON it can parse: e.g. a
+        # numeric id of 5,000 digits, past Python's int-from-text limit.
+        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+            raise SupabaseCatalogError(
+                f"Supabase table {self.table}: the answer cannot be read as rows; integer ids "
+                "wider than int64/uint64 are refused: use bigint or text ids"
+            )
+        return data
 
     def _run(self, query: Any) -> Any:
         try:
@@ -159,16 +223,25 @@ class _Columns:
     def __iter__(self) -> Iterator[str]:
         return iter((self.id, self.url, self.brand))
 
-    def to_product(self, row: dict[str, Any]) -> Product:
+    def checked_id(self, row: dict[str, Any], table: str) -> ProductId:
         product_id = row[self.id]
         if isinstance(product_id, bool) or not isinstance(product_id, int | str):
             raise SupabaseCatalogError(
                 f"column {self.id} holds {type(product_id).__name__} values; "
                 "product ids must be integers (bigint) or text/uuid"
             )
-        brand = row.get(self.brand)
+        try:
+            return check_id(product_id)
+        except IdRefused as exc:
+            raise SupabaseCatalogError(f"Supabase table {table}, column {self.id}: {exc}") from None
+
+    def to_product(self, row: dict[str, Any], table: str) -> Product:
+        product_id = self.checked_id(row, table)
+        brand, cut = bounded_brand(row.get(self.brand))
+        if cut:
+            log.warning("%s %r: brand cut to 200 characters", table, product_id)
         # A null image_url becomes "": the fetcher records it as a failed product (bad_url).
-        return Product(product_id, row.get(self.url) or "", None if brand is None else str(brand))
+        return Product(product_id, row.get(self.url) or "", brand)
 
 
 def raise_catalog_error(
@@ -186,12 +259,14 @@ def raise_catalog_error(
             f"a column is missing in Supabase table {table} ({detail}); the catalog reads {wanted}"
         )
     elif code in _PERMISSION:
-        message = (
+        raise CatalogAuthError(
             f"permission denied for Supabase table {table} ({detail}); the key's role cannot "
             "read it: use the project's service_role key, not the anon key"
-        )
+        ) from error
     elif code in _BAD_KEY or "api key" in detail.lower():
-        message = f"Supabase rejected the API key while reading table {table} ({detail})"
+        raise CatalogAuthError(
+            f"Supabase rejected the API key while reading table {table} ({detail})"
+        ) from error
     elif code in _TRANSIENT or (code.isdigit() and int(code) >= 500):
         raise CatalogUnavailable(
             f"Supabase could not serve table {table} ({code}: {detail})"
@@ -296,6 +371,14 @@ def _host(client: Any) -> str:
 
 def _key(client: Any) -> str | None:
     return getattr(client, "supabase_key", None)
+
+
+def _not_signed(bucket: str, failure: SignFailure) -> str:
+    return f"{failure.path!r} not signed in bucket {bucket}: {_short(failure.message)}"
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _scrub(text: str, key: str | None) -> str:

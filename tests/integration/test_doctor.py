@@ -6,14 +6,14 @@ import http.server
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
-from faiss_builder.doctor import CheckResult, SupabaseTarget, jwt_role, run_checks
+from faiss_builder.doctor import CheckResult, SupabaseTarget, check_shard_size, jwt_role, run_checks
 from tests.integration.storage_stub import StorageStub
 from tests.support.postgrest_stack import SupabaseStack, free_port
+from tests.support.supabase_storage_server import SupabaseStorageServer
 
 
 @pytest.fixture
@@ -110,23 +110,20 @@ def test_missing_supabase_settings_are_named() -> None:
     assert [(r.ok, r.detail) for r in results] == [(False, "SUPABASE_URL and SUPABASE_KEY not set")]
 
 
-def test_modal_credentials_only_checked_for_the_modal_backend(tmp_path: Path) -> None:
-    missing = tmp_path / "absent.toml"
-    assert run_checks(None, backend="local", modal_config=missing) == []
-    failed = run_checks(None, backend="modal", environ={}, modal_config=missing)
-    assert [(r.name, r.ok) for r in failed] == [("modal credentials", False)]
-    assert "modal token new" in failed[0].detail
-
-
-def test_modal_credentials_from_env_or_config_are_never_shown(tmp_path: Path) -> None:
-    environ = {"MODAL_TOKEN_ID": "ak-secret-id", "MODAL_TOKEN_SECRET": "as-secret"}
-    from_env = run_checks(None, backend="modal", environ=environ, modal_config=tmp_path / "x")
-    config = tmp_path / "modal.toml"
-    config.write_text('[me]\ntoken_id = "ak-file-id"\ntoken_secret = "as-file"\nactive = true\n')
-    from_file = run_checks(None, backend="modal", environ={}, modal_config=config)
-    assert from_env[0].ok and from_file[0].ok
-    assert "profile me" in from_file[0].detail
-    assert no_secret_in(from_env + from_file, "ak-secret-id", "as-secret", "ak-file-id", "as-file")
+def test_modal_credentials_only_checked_for_the_modal_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Where doctor and build look for a token (MODAL_CONFIG_PATH, ~/.modal.toml) is proven
+    # through the CLI in tests/faiss_builder/test_hostile_inputs.py: modal.config reads the
+    # file once, when imported.
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-secret-id")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-secret")
+    assert run_checks(None, backend="local") == []
+    found = run_checks(None, backend="modal")
+    assert [(r.name, r.ok, r.detail) for r in found] == [
+        ("modal credentials", True, "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET set")
+    ]
+    assert no_secret_in(found, "ak-secret-id", "as-secret")
 
 
 def test_unreachable_prefect_fails(prefect_api: str) -> None:
@@ -143,3 +140,64 @@ def test_key_role_reads_jwt_payload_and_new_key_formats(supabase_stack: Supabase
     assert check_key_role("sb_secret_abc").ok
     assert not check_key_role("sb_publishable_abc").ok
     assert "abc" not in check_key_role("sb_publishable_abc").detail
+
+
+@pytest.fixture
+def limited_bucket(supabase_stack: SupabaseStack) -> Iterator[SupabaseStorageServer]:
+    """The Storage API test server at /storage/v1: `faiss-indexes` with a 1,000,000-byte
+    file_size_limit of its own, `images` without one."""
+    server = SupabaseStorageServer(
+        key=supabase_stack.service_key,
+        anon_key=supabase_stack.anon_key,
+        buckets=("faiss-indexes", "images"),
+        bucket_limits={"faiss-indexes": 1_000_000},
+    )
+    with server:
+        supabase_stack.gateway.mount("/storage/v1", server.url + "/storage/v1")
+        yield server
+        supabase_stack.gateway.routes.pop("/storage/v1", None)
+
+
+def test_the_bucket_limit_is_shown_and_a_larger_shard_limit_fails(
+    supabase_stack: SupabaseStack, limited_bucket: SupabaseStorageServer
+) -> None:
+    key = SecretStr(supabase_stack.service_key)
+    target = SupabaseTarget(
+        supabase_stack.url,
+        key,
+        buckets=("faiss-indexes", "images"),
+        store_bucket="faiss-indexes",
+        shard_max_bytes=45_000_000,
+    )
+    results = by_name(run_checks(target))
+    assert results["bucket faiss-indexes"].ok
+    assert results["bucket faiss-indexes"].detail == (
+        "present (private; file_size_limit 1,000,000 bytes)"
+    )
+    assert "no file size limit of its own" in results["bucket images"].detail
+    shard = results["shard size"]
+    assert not shard.ok
+    assert "shard_max_bytes 45,000,000 exceeds bucket faiss-indexes's file_size_limit" in (
+        shard.detail
+    )
+    assert "FAISS_BUILDER_SHARD_MAX_BYTES to at most 1,000,000" in shard.detail
+    fits = by_name(run_checks(replace(target, shard_max_bytes=900_000)))["shard size"]
+    assert fits.ok and fits.detail == (
+        "shard_max_bytes 900,000 <= bucket faiss-indexes's limit 1,000,000"
+    )
+
+
+def test_shard_size_without_a_bucket_limit_passes() -> None:
+    assert check_shard_size("b", None, 45_000_000).ok
+
+
+def test_a_url_or_key_no_request_can_carry_fails_before_any_request() -> None:
+    bad_key = run_checks(SupabaseTarget("http://127.0.0.1:9", SecretStr("clé"), buckets=("b",)))
+    assert [(r.name, r.ok) for r in bad_key] == [
+        ("supabase reachable", False),
+        ("catalog table", False),
+        ("bucket b", False),
+    ]
+    assert "SUPABASE_KEY holds a non-ASCII" in bad_key[0].detail and "clé" not in bad_key[0].detail
+    bad_url = run_checks(SupabaseTarget("supabase.co", SecretStr("k")))
+    assert "SUPABASE_URL 'supabase.co' is not a valid URL" in bad_url[0].detail

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
 from application.catalog import supabase as catalog_module
-from application.catalog.base import ProductId
+from application.catalog.base import Product, ProductId, split_refused
 from application.catalog.supabase import (
+    NOT_SIGNED,
+    CatalogAuthError,
     CatalogUnavailable,
     SupabaseCatalog,
     SupabaseCatalogError,
 )
+from application.errors import CatalogMismatch
+from modal_workers.types import FailedProduct
 from sharding.supabase_store import create_supabase_client
+from tests.integration.storage_stub import MISSING, StorageStub
 from tests.support.postgrest_stack import SupabaseStack, make_jwt
 
 UUID_EDGES = [
@@ -238,3 +244,90 @@ def test_random_uuids_inserted_below_the_cursor_are_missed_by_design(
         assert [p.id for p in catalog.get([late])] == [late]  # it exists, the next pass skips it
     finally:
         supabase_stack.sql(f"delete from product_images_uuid where id = '{late}'")
+
+
+# --- issue 13: counting what the cursor hides, exact ids, exit classes, refused signatures ----
+
+
+def test_count_at_or_below_counts_rows_added_under_the_cursor(
+    supabase_stack: SupabaseStack, product_rows: int, uuid_table: list[str]
+) -> None:
+    catalog = SupabaseCatalog(supabase_stack.client())
+    assert catalog.count_at_or_below(2000) == 2000
+    supabase_stack.sql("insert into product_images (id, image_url) values (-1, 'late')")
+    assert catalog.count_at_or_below(2000) == 2001  # -1 sorts below any cursor: never read
+    assert catalog.count_at_or_below(-5) == 0
+    uuids = SupabaseCatalog(supabase_stack.client(), table="product_images_uuid")
+    assert uuids.count_at_or_below(uuid_table[99]) == 100
+
+
+def test_a_cursor_of_the_other_id_type_is_a_mismatch(
+    supabase_stack: SupabaseStack, product_rows: int, uuid_table: list[str]
+) -> None:
+    bigint = SupabaseCatalog(supabase_stack.client())
+    with pytest.raises(CatalogMismatch, match="integer ids but the store's cursor 'P9'"):
+        bigint.page("P9", 10)
+    with pytest.raises(CatalogMismatch):
+        bigint.count_at_or_below("12")  # text "12" would compare as a string
+    uuids = SupabaseCatalog(supabase_stack.client(), table="product_images_uuid")
+    with pytest.raises(CatalogMismatch, match="string ids but the store's cursor 5"):
+        uuids.count_after(5)
+    with pytest.raises(CatalogMismatch):
+        uuids.get([5])
+
+
+def test_refused_keys_are_auth_errors(supabase_stack: SupabaseStack) -> None:
+    # Exit 3 (storage refusing our credentials), like the store, not 2.
+    with pytest.raises(CatalogAuthError, match="permission denied"):
+        SupabaseCatalog(supabase_stack.client(supabase_stack.anon_key)).page(None, 1)
+    other = make_jwt("another-secret-that-is-at-least-32-chars", "service_role")
+    with pytest.raises(CatalogAuthError, match="rejected the API key"):
+        SupabaseCatalog(supabase_stack.client(other)).page(None, 1)
+
+
+@pytest.fixture
+def numeric_table(supabase_stack: SupabaseStack) -> Iterator[str]:
+    supabase_stack.sql(
+        "drop table if exists product_images_numeric;"
+        "create table product_images_numeric (id numeric primary key, image_url text, brand text);"
+        "insert into product_images_numeric values (1, 'a', repeat('B', 5000))"
+    )
+    supabase_stack.reload_schema("product_images_numeric")
+    yield "product_images_numeric"
+    supabase_stack.sql("drop table product_images_numeric")
+
+
+def test_long_brands_are_cut_and_ids_outside_uint64_refused(
+    supabase_stack: SupabaseStack, numeric_table: str
+) -> None:
+    catalog = SupabaseCatalog(supabase_stack.client(), table=numeric_table)
+    assert catalog.page(None, 1) == [Product(1, "a", "B" * 200)]
+    supabase_stack.sql(f"insert into {numeric_table} values (18446744073709551616, 'b', null)")
+    with pytest.raises(
+        SupabaseCatalogError, match=r"column id: integer id .* outside int64/uint64"
+    ):
+        catalog.page(None, 10)
+    supabase_stack.sql(f"insert into {numeric_table} values ({'9' * 5000}, 'c', null)")
+    with pytest.raises(SupabaseCatalogError, match="wider than int64/uint64 are refused") as caught:
+        catalog.page(1, 10)
+    assert len(str(caught.value)) < 600
+
+
+def test_an_unsignable_private_path_is_refused_with_its_own_reason(
+    supabase_stack: SupabaseStack, storage: StorageStub
+) -> None:
+    supabase_stack.sql(
+        "truncate product_images restart identity;"
+        "insert into product_images (image_url) values ('a/1.jpg'), ('gone/9.jpg')"
+    )
+    catalog = SupabaseCatalog(supabase_stack.client(), sign_bucket="images", sign_expires_s=60)
+    ready, failed = split_refused(catalog.sign_for_fetch(catalog.page(None, 10)))
+    assert [p.id for p in ready] == [1] and "token=" in ready[0].image_url
+    assert failed == [
+        FailedProduct(
+            id=2,
+            reason=NOT_SIGNED,
+            message=f"'gone/9.jpg' not signed in bucket images: {MISSING}",
+        )
+    ]
+    assert NOT_SIGNED != "bad_scheme"
