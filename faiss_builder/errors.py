@@ -10,6 +10,7 @@ EXIT_CONFIG = 2  # bad configuration or usage: nothing was written
 EXIT_STORAGE = 3  # storage unreachable or refusing our credentials
 EXIT_STATE = 4  # resume refused or corrupted store state: nothing was overwritten
 EXIT_BUSY = 5  # another run holds the store's lease
+EXIT_PREFECT = 6  # no Prefect API: PREFECT_API_URL unreachable, or the temporary server did not start
 
 __all__ = ["UsageError", "describe"]
 
