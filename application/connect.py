@@ -49,6 +49,7 @@ def open_catalog(settings: Settings) -> Catalog:
         return _open_supabase_catalog(settings)
     from application.catalog.local import CatalogError, LocalCatalog
 
+    _image_root(settings.fetch.local_image_root)  # refused here, before a build writes anything
     try:
         return LocalCatalog(settings.catalog.catalog)
     except CatalogError as exc:
@@ -63,7 +64,9 @@ def open_backend(settings: Settings, embedder: str, model: str | None) -> EmbedB
 
 def fetch_limits(settings: Settings, local_root: str | None) -> FetchLimits:
     """Fetch limits. Local file paths (relative to `local_root`, or absolute) are accepted only
-    when `local_root` is set, i.e. for a local catalog file, never for the Supabase table."""
+    when `local_root` is set, i.e. for a local catalog file, never for the Supabase table; they
+    must resolve inside `local_root`, or inside FAISS_BUILDER_LOCAL_IMAGE_ROOT when set
+    (ConfigError when that is not a folder)."""
     from modal_workers.types import FetchLimits
 
     fetch = settings.fetch
@@ -73,7 +76,20 @@ def fetch_limits(settings: Settings, local_root: str | None) -> FetchLimits:
         max_pixels=fetch.fetch_max_pixels,
         allow_private_urls=fetch.allow_private_urls,
         local_root=local_root,
+        local_allowed_root=_image_root(fetch.local_image_root) if local_root else None,
     )
+
+
+def _image_root(root: str | None) -> str | None:
+    if root is None:
+        return None
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"FAISS_BUILDER_LOCAL_IMAGE_ROOT {root!r} is not a folder: name the folder a local "
+            "catalog's image paths may reach, or unset it (the catalog's folder)"
+        )
+    return str(path.resolve())
 
 
 def supabase_credentials(settings: Settings) -> tuple[str, Any]:

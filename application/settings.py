@@ -128,6 +128,11 @@ class FetchSettings(BaseSettings):
     fetch_timeout_s: float = Field(20.0, gt=0, description="Wall-clock deadline per image.")
     fetch_max_bytes: int = Field(20_000_000, gt=0, description="Largest image body accepted.")
     fetch_max_pixels: int = Field(40_000_000, gt=0, description="Largest decoded image accepted.")
+    local_image_root: str | None = Field(
+        None,
+        description="Folder a local catalog's image paths may reach (default: the catalog "
+        "file's own folder); paths resolving outside it are failed as outside_catalog_folder.",
+    )
 
 
 class SupabaseSettings(BaseSettings):

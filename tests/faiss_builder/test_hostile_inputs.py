@@ -326,3 +326,29 @@ def test_a_csv_saved_with_a_byte_order_mark_builds(
     result = _build(tmp_path / "store", catalog, prefect_api, "--json")
     assert result.code == EXIT_OK, result.err
     assert json.loads(result.out)["total_vectors"] == {"color": 2}
+
+
+# --- item 14: local image paths stay inside the catalog folder unless a root is set -----------
+
+
+def test_images_outside_the_catalog_folder_need_the_local_image_root_setting(
+    images: Path, tmp_path: Path, prefect_api: object
+) -> None:
+    shared = tmp_path / "shared"
+    shutil.copytree(images / "images", shared)
+    rows = ["1,images/00001.jpg,b", "2,../shared/00002.jpg,b", f"3,{shared / '00003.jpg'},b"]
+    catalog = _catalog(tmp_path / "cat", images, rows)
+    confined = _build(tmp_path / "store1", catalog, prefect_api, "--json")
+    assert confined.code == EXIT_OK, confined.err
+    status = cli("status", "--store", str(tmp_path / "store1"), "--failed", "--json")
+    failures = {f["id"]: f["reason"] for f in json.loads(status.out)["failures"]}
+    assert failures == {2: "outside_catalog_folder", 3: "outside_catalog_folder"}
+    root = {"FAISS_BUILDER_LOCAL_IMAGE_ROOT": str(tmp_path)}
+    widened = _build(tmp_path / "store2", catalog, prefect_api, "--json", **root)
+    assert widened.code == EXIT_OK, widened.err
+    summary = json.loads(widened.out)
+    assert summary["failed"] == 0 and summary["total_vectors"] == {"color": 3}
+    missing = {"FAISS_BUILDER_LOCAL_IMAGE_ROOT": str(tmp_path / "no-such-folder")}
+    refused = _build(tmp_path / "store3", catalog, prefect_api, **missing)
+    assert refused.one_line_error(EXIT_CONFIG, "FAISS_BUILDER_LOCAL_IMAGE_ROOT", "is not a folder")
+    assert not (tmp_path / "store3").exists()
