@@ -7,6 +7,7 @@ session can be driven without Prefect (tests, benchmarks) and the backend can be
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from application.settings import Settings
 
 if TYPE_CHECKING:
     from modal_workers.types import EmbedOutput, FetchLimits
-    from sharding.lease import LeaseKeeper, StoreLease
+    from sharding.lease import LeaseInfo, LeaseKeeper, StoreLease
     from sharding.progress import Progress
     from sharding.storage import Storage
     from sharding.writer import BuildConfig, EmbeddedBatch, IndexWriter
@@ -140,11 +141,16 @@ class BuildSession:
 
 
 def open_session(
-    settings: Settings, run_id: str, *, backend: EmbedBackend | None = None
+    settings: Settings,
+    run_id: str,
+    *,
+    backend: EmbedBackend | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> BuildSession:
     """Connect everything and take the store lease; refuse bad configuration before any write.
 
-    `backend` replaces the one the settings name (tests, benchmarks).
+    `backend` replaces the one the settings name (tests, benchmarks); `log` hears, among other
+    things, for whom the run waits when another holds the store's lease.
     """
     from sharding.state import read_progress
     from sharding.writer import check_resume
@@ -156,7 +162,7 @@ def open_session(
     committed = read_progress(storage)
     if committed is not None:  # refuse a mismatching resume before the lease, our first write
         check_resume(committed, config, storage.describe())
-    lease, keeper, writer = open_writer(storage, config, settings, run_id)
+    lease, keeper, writer = open_writer(storage, config, settings, run_id, log=log)
     return BuildSession(
         run_id=run_id,
         kinds=list(embed.kinds),
@@ -188,7 +194,12 @@ def build_config(settings: Settings, described: dict[str, Any]) -> BuildConfig:
 
 
 def open_writer(
-    storage: Storage, config: BuildConfig, settings: Settings, run_id: str
+    storage: Storage,
+    config: BuildConfig,
+    settings: Settings,
+    run_id: str,
+    *,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[StoreLease, LeaseKeeper, IndexWriter]:
     """Take the lease, keep it renewed from now on, then open (and verify) the store under it.
 
@@ -200,7 +211,17 @@ def open_writer(
     from sharding.writer import IndexWriter
 
     store = settings.store
-    lease = StoreLease.acquire(storage, run_id, ttl_s=store.lease_ttl_s, wait_s=store.lease_wait_s)
+
+    def waiting(holder: LeaseInfo, wait_s: float) -> None:
+        if log is not None:
+            log(
+                f"{storage.describe()} is held by run {holder.run_id}; "
+                + (f"waiting up to {wait_s:g} s for it" if wait_s > 0 else "waiting for it")
+            )
+
+    lease = StoreLease.acquire(
+        storage, run_id, ttl_s=store.lease_ttl_s, wait_s=store.lease_wait_s, on_wait=waiting
+    )
     keeper = LeaseKeeper(lease).start()
     try:
         writer = IndexWriter.open(

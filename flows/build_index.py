@@ -25,7 +25,6 @@ from tasks.build import (
     fetch_products,
     finish_build,
     list_failed,
-    note_lease_holder,
     release_lease,
     retry_batch,
     start_build,
@@ -97,7 +96,6 @@ def build_index(
     )
     check_deployment_settings(settings)
     run_id = str(flow_run.get_id() or "local")
-    note_lease_holder(settings, run_id)
     session = start_build(settings, run_id)
     try:
         if settings.embed.retry_failed:

@@ -182,8 +182,12 @@ class StoreLease:
         clock: Clock = time.time,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Clock = time.monotonic,
+        on_wait: Callable[[LeaseInfo, float], None] | None = None,
     ) -> StoreLease:
         """Take the lease; LeaseHeld if another holder stays live past wait_s.
+
+        `on_wait(holder, wait_s)` is called once for each holder we start waiting for (so a
+        waiting run can log for whom it waits).
 
         A lease that is not ours is taken over once it has stayed unchanged for its TTL on our
         own clock. We wait that long even past wait_s when it looks abandoned (expired by its
@@ -195,6 +199,7 @@ class StoreLease:
         start = monotonic()
         watch = _Watch()
         disagreements = 0
+        announced: set[tuple[str, str]] = set()
         while True:
             outcome = cls._try_take(storage, run_id, token, ttl_s, clock, monotonic)
             if isinstance(outcome, StoreLease):
@@ -223,6 +228,9 @@ class StoreLease:
             )
             if now - start >= wait_s and not patient:
                 raise LeaseHeld(cls._held_message(storage, holder, run_id))
+            if on_wait is not None and (holder.run_id, holder.token) not in announced:
+                announced.add((holder.run_id, holder.token))
+                on_wait(holder, wait_s)
             sleep(max(0.0, min(poll_s, holder.ttl_s - unchanged_s)))
 
     @staticmethod

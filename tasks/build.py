@@ -21,38 +21,10 @@ if TYPE_CHECKING:
 _TASK_OPTIONS: dict[str, Any] = {"cache_policy": NONE, "persist_result": False}
 
 
-@task(name="note-lease-holder", **_TASK_OPTIONS)
-def note_lease_holder(settings: Settings, run_id: str) -> str | None:
-    """Log who holds the store's lease when this run is about to wait for it; the line logged.
-
-    A look before start-build takes the lease (which waits up to lease_wait_s in silence), so a
-    waiting run says why in its log. It reads lease.json only: a store without one is not
-    touched. (A lease taken between this look and start-build goes unlogged.)
-    """
-    from application.connect import open_storage
-    from sharding import names
-    from sharding.errors import ObjectNotFound, StorageError
-    from sharding.lease import LeaseInfo
-
-    storage = open_storage(settings)
-    try:
-        holder = LeaseInfo.from_bytes(storage.get(names.LEASE))
-    except (ObjectNotFound, StorageError, OSError, ValueError, KeyError, TypeError):
-        return None  # free, or unreadable: start-build says what is wrong
-    if holder.run_id == run_id:
-        return None
-    wait_s = settings.store.lease_wait_s
-    line = f"{storage.describe()} is held by run {holder.run_id}; " + (
-        f"waiting up to {wait_s:g} s for it" if wait_s > 0 else "not waiting (lease_wait_s 0)"
-    )
-    get_run_logger().info(line)
-    return line
-
-
 @task(name="start-build", **_TASK_OPTIONS)
 def start_build(settings: Settings, run_id: str) -> BuildSession:
     """Connect everything and take the store lease; refuse bad configuration before any write."""
-    return open_session(settings, run_id)
+    return open_session(settings, run_id, log=get_run_logger().info)
 
 
 @task(name="fetch-page", **TRANSIENT_RETRIES, **_TASK_OPTIONS)

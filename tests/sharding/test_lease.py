@@ -73,3 +73,22 @@ def test_a_lease_written_before_tokens_is_still_read(tmp_path: Path) -> None:
         _acquire(store, "run-b", t, ttl_s=60)
     t.sleep(61)
     assert _acquire(store, "run-b", t, ttl_s=60).run_id == "run-b"
+
+
+def test_a_waiting_run_is_told_once_for_whom_it_waits(tmp_path: Path) -> None:
+    store, t = LocalStore(tmp_path), Time()
+    holder = _acquire(store, "run-a", t, ttl_s=60)
+    t.on_sleep = holder.renew
+    heard: list[tuple[str, float]] = []
+    with pytest.raises(LeaseHeld):
+        StoreLease.acquire(
+            store,
+            "run-b",
+            wait_s=10,
+            poll_s=2,
+            clock=t.clock(),
+            sleep=t.sleep,
+            monotonic=t.monotonic,
+            on_wait=lambda info, wait_s: heard.append((info.run_id, wait_s)),
+        )
+    assert heard == [("run-a", 10)]  # five polls, one notice
