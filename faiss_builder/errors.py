@@ -10,7 +10,7 @@ EXIT_CONFIG = 2  # bad configuration or usage: nothing was written
 EXIT_STORAGE = 3  # storage unreachable or refusing our credentials
 EXIT_STATE = 4  # resume refused or corrupted store state: nothing was overwritten
 EXIT_BUSY = 5  # another run holds the store's lease
-EXIT_PREFECT = 6  # no Prefect API: PREFECT_API_URL unreachable, or the temporary server did not start
+EXIT_PREFECT = 6  # no Prefect API: PREFECT_API_URL unreachable, or its server did not start
 
 __all__ = ["UsageError", "describe"]
 
@@ -27,21 +27,21 @@ def _table() -> list[tuple[tuple[type[BaseException], ...], int]]:
     # Imported here: the CLI's first output must not wait for heavy modules.
     from pydantic import ValidationError
 
-    import sharding.errors as store_errors
     from application.catalog.local import CatalogError
     from application.catalog.supabase import CatalogAuthError, CatalogUnavailable
     from application.errors import CatalogMismatch, ConfigError
     from faiss_builder.runner import PrefectUnavailable
     from modal_workers.embedders import EmbedderLoadError
     from modal_workers.remote import ModalNotConfigured
-    from sharding.errors import LeaseHeld, LeaseLost, StateError, StorageError
-
-    # Settings the store itself refuses (an id it cannot keep, a lease TTL below its minimum).
-    store_config = tuple(
-        getattr(store_errors, name)
-        for name in ("ProductIdRefused", "StoreConfigError")
-        if hasattr(store_errors, name)
+    from sharding.errors import (
+        LeaseHeld,
+        LeaseLost,
+        ProductIdRefused,
+        StateError,
+        StorageError,
+        StoreConfigError,
     )
+
     return [
         ((StateError, CatalogMismatch), EXIT_STATE),
         ((LeaseHeld, LeaseLost), EXIT_BUSY),
@@ -56,7 +56,10 @@ def _table() -> list[tuple[tuple[type[BaseException], ...], int]]:
                 ValidationError,
                 EmbedderLoadError,
                 ModalNotConfigured,
-                *store_config,
+                # Settings or ids the store refuses: shard_max_bytes below one vector, a
+                # lease TTL below its minimum, an id outside int64/uint64.
+                StoreConfigError,
+                ProductIdRefused,
             ),
             EXIT_CONFIG,
         ),

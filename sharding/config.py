@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sharding import names
 from sharding.codec import shard_capacity
+from sharding.errors import StoreConfigError
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class BuildConfig:
             if self.shard_max_vectors < 1:
                 raise ValueError(f"shard_max_vectors {self.shard_max_vectors} is below 1")
             if self.capacity(kind) < 1:
-                raise ValueError(
+                raise StoreConfigError(  # a setting the user chose: exit 2 at the CLI
                     f"shard_max_bytes {self.shard_max_bytes} is below one {dim}-d vector"
                 )
 
