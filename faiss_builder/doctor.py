@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -280,30 +278,17 @@ def _config_check(settings: Settings) -> Any:
 
 
 def _writable(settings: Settings) -> CheckResult | None:
-    """A local store can take a write: a temp file created, fsynced and removed in its folder
-    (or, before the first build, the nearest folder above it that exists). Leaves nothing.
-    None when the store cannot even be opened (the configuration line says why)."""
+    """A local store can take a write (LocalStore.check_writable: a temp file created, fsynced
+    and removed in its folder, or before the first build in the nearest folder above it that
+    exists; nothing is left). None when the store cannot even be opened (the configuration
+    line says why) or cannot be probed."""
     try:
-        storage = open_storage(settings)
+        probe = getattr(open_storage(settings), "check_writable", None)
     except Exception:
         return None
-    probe = getattr(storage, "check_writable", None)
+    if probe is None:
+        return None
     try:
-        detail = probe() if probe is not None else probe_folder(Path(settings.store.store))
+        return CheckResult("store writable", True, str(probe()))
     except Exception as exc:
         return CheckResult("store writable", False, " ".join(str(exc).split()))
-    return CheckResult("store writable", True, detail)
-
-
-def probe_folder(root: Path) -> str:
-    """Create and remove a temp file in `root` or the nearest existing folder above it."""
-    folder = root
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        handle, name = tempfile.mkstemp(prefix=".tmp-doctor-", dir=folder)
-        os.close(handle)
-        os.unlink(name)
-    except OSError as exc:
-        raise OSError(f"{root} is not writable ({exc.strerror}, probe in {folder})") from exc
-    return f"{root} is writable"

@@ -30,7 +30,7 @@ def id_from_text(text: str) -> ProductId:
     """A CSV cell as an id: canonical decimal integers in range are ints, the rest strings."""
     if _CANONICAL_INT.fullmatch(text):
         if len(text.lstrip("-")) > _MAX_INT_DIGITS:
-            raise IdRefused(_out_of_range(f"{len(text.lstrip('-'))} digits"))
+            raise IdRefused(_out_of_range(f"of {len(text.lstrip('-'))} digits"))
         return check_int_id(int(text))
     return check_string_id(text)
 

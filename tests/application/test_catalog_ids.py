@@ -58,7 +58,7 @@ def test_zero_padded_csv_ids_stay_strings_exactly(tmp_path: Path) -> None:
         ([" 7,a.jpg,x"], "line 2: id ' 7' starts or ends with whitespace"),
         (["18446744073709551616,a.jpg,x"], "line 2: integer id .* outside int64/uint64"),
         (["-9223372036854775809,a.jpg,x"], "line 2: integer id .* outside int64/uint64"),
-        (["9" * 5000 + ",a.jpg,x"], "line 2: integer id 5000 digits is outside int64/uint64"),
+        (["9" * 5000 + ",a.jpg,x"], "line 2: integer id of 5000 digits is outside int64/uint64"),
         (["1,a.jpg,x", "2,b.jpg,x", "1,c.jpg,y"], r"duplicate id 1 \(lines 2 and 4\)"),
     ],
 )

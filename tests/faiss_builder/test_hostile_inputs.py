@@ -138,7 +138,7 @@ def test_an_integer_catalog_on_a_string_store_is_refused_with_exit_4(
     ("name", "body", "needles"),
     [
         ("catalog.csv", "id,image_url,brand\n" + "9" * 5000 + ",a.jpg,x\n",
-         ["line 2", "integer id 5000 digits is outside int64/uint64"]),
+         ["line 2", "integer id of 5000 digits is outside int64/uint64"]),
         ("catalog.jsonl", '{"id": ' + "7" * 5000 + ', "image_url": "a.jpg"}\n',
          ["line 1", "integer id of 5000 digits"]),
         ("catalog.jsonl", '{"id": 18446744073709551616, "image_url": "a.jpg"}\n',
