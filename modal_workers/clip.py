@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from transformers import CLIPModel
 
-from modal_workers.embedder import EmbedderLoadError, SquareCropEmbedder
+from modal_workers.embedder import EmbedderLoadError, NoTextTower, SquareCropEmbedder
 from modal_workers.identity import model_digest
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -60,6 +61,45 @@ class ClipEmbedder(SquareCropEmbedder):
         std = config.get("image_std") or OPENAI_CLIP_STD
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+
+    @torch.inference_mode()
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """Projected text features (get_text_features), L2-normalised like the image vectors:
+        the same space as the colour view, so a text vector searches the `color` index."""
+        if not texts:
+            return np.zeros((0, self.dims["color"]), np.float32)
+        tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        output = self.model.get_text_features(
+            input_ids=tokens["input_ids"].to(self.device),
+            attention_mask=tokens["attention_mask"].to(self.device),
+        )
+        features = output.pooler_output if hasattr(output, "pooler_output") else output
+        features = torch.nn.functional.normalize(features.float(), dim=-1, eps=1e-12)
+        return features.cpu().numpy().astype(np.float32)
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        """The tokenizer saved with the model, loaded on the first text query."""
+        from transformers import AutoTokenizer
+
+        refusal = (
+            f"model {self.model_id!r} has no tokenizer saved with it, so its text tower cannot "
+            "be used; save the tokenizer (vocab.json, merges.txt) next to the weights"
+        )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.model_id)
+        except Exception:  # no tokenizer files next to the weights, or none in the cache
+            raise NoTextTower(refusal) from None
+        # Without vocab files transformers builds an empty tokenizer (special tokens only).
+        if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+            raise NoTextTower(refusal)
+        vocab_size = int(getattr(self.model.config.text_config, "vocab_size", 0) or 0)
+        if vocab_size and len(tokenizer) > vocab_size:
+            raise NoTextTower(
+                f"model {self.model_id!r}: its tokenizer has {len(tokenizer)} tokens, its text "
+                f"tower {vocab_size}: not the same model"
+            )
+        return tokenizer
 
     def embed_views(self, batches: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """All views go through one forward (better GPU batches), then are split back per view."""

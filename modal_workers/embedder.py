@@ -24,6 +24,25 @@ class EmbedderLoadError(RuntimeError):
     """The embedder cannot be built (weights missing offline, bad path, unknown name)."""
 
 
+class NoTextTower(ValueError):
+    """Text was asked of an embedder that has no text encoder (the histogram one), or of a
+    model saved without the tokenizer its text tower needs."""
+
+
+def embed_text(embedder: object, texts: Sequence[str]) -> np.ndarray:
+    """(len(texts), dim) L2-normalised text vectors in the embedder's image space (the colour
+    view's); NoTextTower when the embedder cannot embed text."""
+    method = getattr(embedder, "embed_text", None)
+    if method is None:
+        name = getattr(embedder, "name", type(embedder).__name__)
+        raise NoTextTower(
+            f"the {name} embedder has no text tower: text queries need a store built with a "
+            "CLIP model (--embedder clip)"
+        )
+    vectors: np.ndarray = method(list(texts))
+    return vectors
+
+
 @runtime_checkable
 class ImageEmbedder(Protocol):
     """Decoded images + kinds -> float32 L2-normalised vectors per kind.

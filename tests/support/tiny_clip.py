@@ -38,3 +38,27 @@ def build_tiny_clip(directory: Path, *, projection_dim: int = 16, seed: int = 0)
         size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
     ).save_pretrained(directory)
     return directory
+
+
+def save_tiny_tokenizer(directory: Path) -> Path:
+    """Save a CLIPTokenizer (byte-level BPE over lower-case letters and digits, a few merges)
+    next to a tiny CLIP, so its text tower can be used offline; ids stay below its vocab_size."""
+    import json
+    import string
+
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in string.ascii_lowercase + string.digits:
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    merges = [("r", "e"), ("re", "d</w>"), ("b", "a"), ("ba", "g</w>")]
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    lines = ["#version: 0.2", *(f"{left} {right}" for left, right in merges)]
+    (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt")).save_pretrained(
+        directory
+    )
+    return directory

@@ -1,0 +1,1 @@
+"""The HTTP search service (`faiss-builder serve`): FastAPI over one store, read-only."""
