@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from application.catalog.base import Catalog, Product, ProductId
+from application.catalog.base import Catalog, Product, ProductId, split_refused
+from application.catalog.coverage import unindexed_below_cursor, unreachable_message
 from application.connect import (
     EmbedBackend,
     fetch_limits,
@@ -107,8 +108,13 @@ class BuildSession:
         """Download and embed one batch; bad images come back as failures, not exceptions."""
         from modal_workers.types import ImageRef
 
-        refs = [ImageRef(id=product.id, url=product.image_url) for product in products]
-        return self.backend.embed(refs, self.kinds, self.limits)
+        # Rows the catalog already refused (a private path Storage would not sign) are recorded
+        # as failed with the catalog's reason, never sent to a worker.
+        ready, refused = split_refused(products)
+        refs = [ImageRef(id=product.id, url=product.image_url) for product in ready]
+        output = self.backend.embed(refs, self.kinds, self.limits)
+        output.failures.extend(refused)
+        return output
 
     def append(self, products: list[Product], output: EmbedOutput) -> None:
         """Append a batch to each kind's open shard, uploading shards it seals (safe to retry)."""
@@ -162,6 +168,10 @@ def open_session(
     committed = read_progress(storage)
     if committed is not None:  # refuse a mismatching resume before the lease, our first write
         check_resume(committed, config, storage.describe())
+        for kind in embed.kinds:  # a catalog whose ids are of another type: CatalogMismatch
+            cursor = committed.cursor(kind)
+            if cursor is not None:
+                catalog.count_at_or_below(cursor)
     lease, keeper, writer = open_writer(storage, config, settings, run_id, log=log)
     return BuildSession(
         run_id=run_id,
@@ -259,6 +269,9 @@ def summarize(session: BuildSession) -> dict[str, Any]:
     stats = session.stats
     kinds = session.kinds
     added = {k: progress.total_vectors(k) - session.totals_at_start[k] for k in kinds}
+    unreachable = unindexed_below_cursor(
+        session.catalog, progress, session.writer.failures(), kinds
+    )
     return {
         "run_id": session.run_id,
         "store": session.storage.describe(),
@@ -277,4 +290,6 @@ def summarize(session: BuildSession) -> dict[str, Any]:
         "images_per_s": round(stats.products / stats.elapsed_s, 2) if stats.elapsed_s else 0.0,
         "failures": stats.failures,
         "vectors_per_brand": {kind: dict(progress.kinds[kind].vectors_per_brand) for kind in kinds},
+        "unindexed_below_cursor": unreachable,
+        "warnings": [line for line in [unreachable_message(unreachable)] if line],
     }

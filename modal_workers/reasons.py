@@ -22,6 +22,7 @@ REASONS: dict[str, str] = {
     "pixel_bomb": "width x height above FetchLimits.max_pixels (checked before decoding)",
     "aspect_ratio": "longest side above views.MAX_ASPECT_RATIO (20) x the shortest (header check)",
     "decode_error": "the image is truncated or corrupt",
+    "not_signed": "a private-bucket path Supabase Storage would not sign (missing object or access)",
     "unexpected_error": "an unexpected error while preparing this one image (message has the type)",
 }
 

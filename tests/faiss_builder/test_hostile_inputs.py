@@ -104,6 +104,7 @@ def test_string_ids_appended_after_p9_are_reported_by_status(
         handle.writelines(f"P{i},images/{i:05d}.jpg,b\n" for i in (10, 11, 12))
     again = _build(store, catalog, prefect_api, "--json")
     assert again.code == EXIT_OK and json.loads(again.out)["products"] == 0
+    assert json.loads(again.out)["unindexed_below_cursor"] == {"color": 3}  # the build says so too
     status = cli("status", "--store", str(store), "--catalog", str(catalog), "--json")
     assert status.code == EXIT_OK, status.err
     result = json.loads(status.out)
