@@ -188,6 +188,15 @@ def open_session(
     )
 
 
+def preflight(settings: Settings) -> None:
+    """Open the store and the catalog and read the last commit, writing nothing: what the build
+    would refuse for its configuration is refused here first, before anything is started."""
+    from sharding.state import read_progress
+
+    open_catalog(settings)
+    read_progress(open_storage(settings))
+
+
 def build_config(settings: Settings, described: dict[str, Any]) -> BuildConfig:
     """What the store must agree with: the backend's embedder, model and dims, the shard limits."""
     from sharding.writer import BuildConfig

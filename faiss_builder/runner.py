@@ -48,7 +48,14 @@ class PrefectUnavailable(RuntimeError):
 
 
 def run_build(settings: Settings, *, show_progress: bool) -> dict[str, Any]:
-    """Run the build-index flow in this process, on PREFECT_API_URL or a temporary server."""
+    """Run the build-index flow in this process, on PREFECT_API_URL or a temporary server.
+
+    The store and catalog are opened once first, so a wrong path, file or key is refused in
+    about a second, before any Prefect server is started or asked.
+    """
+    from application.session import preflight
+
+    preflight(settings)
     with prefect_api():
         return _run_flow(settings, show_progress=show_progress)
 
@@ -94,8 +101,11 @@ class _ProgressBar:
     def __enter__(self) -> Any:
         return self._on_event
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if self._progress is not None:
+            # A failing build ends with its one-line error alone: the bar leaves no last frame
+            # (which a non-terminal stderr would otherwise get printed before the error).
+            self._progress.live.transient = exc_type is not None
             self._progress.stop()
 
     def _on_event(self, event: str, data: dict[str, Any]) -> None:

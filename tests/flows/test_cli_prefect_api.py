@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from faiss_builder.demo import make_demo_catalog
-from faiss_builder.errors import EXIT_PREFECT
+from faiss_builder.errors import EXIT_CONFIG, EXIT_PREFECT
 
 CLI = str(Path(sys.executable).with_name("faiss-builder"))
 
@@ -67,6 +67,23 @@ def test_an_unreachable_prefect_api_url_is_one_line_and_exit_6(
     assert len(lines) == 1, result.stderr
     assert "PREFECT_API_URL" in lines[0] and url in lines[0]
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_bad_catalog_is_refused_before_prefect_is_asked(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/api"  # asking it would be exit 6
+    env = _env(tmp_path, PREFECT_API_URL=url)
+    result = subprocess.run(
+        _build(tmp_path / "missing.csv", tmp_path / "store", env),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"faiss-builder: error: catalog file {tmp_path / 'missing.csv'} does not exist (or is not a file)"
+    ]
     assert not (tmp_path / "store").exists()
 
 
