@@ -2,12 +2,16 @@
 
 Deploy (once per change):   modal deploy modal_workers/app.py
 Deploy-time settings (read once, below): FAISS_BUILDER_MODAL_GPU (A10G), FAISS_BUILDER_MODAL_MAX_CONTAINERS (10),
-FAISS_BUILDER_MODAL_TIMEOUT_S (600), FAISS_BUILDER_MODAL_RETRIES (2), FAISS_BUILDER_MODAL_SCALEDOWN_S (120).
+FAISS_BUILDER_MODAL_TIMEOUT_S (600), FAISS_BUILDER_MODAL_RETRIES (2), FAISS_BUILDER_MODAL_SCALEDOWN_S (120),
+FAISS_BUILDER_MODAL_CPU (8.0 physical cores reserved for fetch/decode/views), FAISS_BUILDER_MODAL_MEMORY_MB
+(16384), FAISS_BUILDER_MODAL_INPUTS_PER_CONTAINER (2 calls at once per container, so one call's
+download and decode overlap the other's forward).
 The orchestrator reaches it through modal_workers.remote.ModalEmbedClient; torch is imported only
 inside the container (the orchestrator side imports nothing heavy from this file).
 """
 
 # No `from __future__ import annotations`: modal.parameter() needs real type objects.
+import math
 import os
 from typing import Any
 
@@ -31,6 +35,33 @@ MAX_CONTAINERS = int(deploy_setting("MAX_CONTAINERS", "10"))
 TIMEOUT_S = int(deploy_setting("TIMEOUT_S", str(10 * MINUTES)))
 RETRIES = int(deploy_setting("RETRIES", "2"))
 SCALEDOWN_S = int(deploy_setting("SCALEDOWN_S", str(2 * MINUTES)))
+# Modal reserves 0.125 core by default; preparing an image costs ~6-14 ms of CPU (bench.gpu_feed),
+# so an A10G (~1,250 images/s for three kinds) needs several cores to stay busy.
+CPU = float(deploy_setting("CPU", "8.0"))
+MEMORY_MB = int(deploy_setting("MEMORY_MB", "16384"))
+INPUTS_PER_CONTAINER = int(deploy_setting("INPUTS_PER_CONTAINER", "2"))
+# Fetch/decode threads per reserved core: a fetch waits on the network most of its time.
+THREADS_PER_CPU = 4
+
+
+def container_threads(cpu: float = CPU, asked: int = 0) -> int:
+    """Fetch/decode threads of one call in a container reserving `cpu` cores (at least `asked`)."""
+    return max(asked, math.ceil(THREADS_PER_CPU * cpu))
+
+
+def deployment() -> dict[str, Any]:
+    """What this deployment reserves and how many calls it takes at once (plain data)."""
+    return {
+        "gpu": GPU,
+        "cpu": CPU,
+        "memory_mb": MEMORY_MB,
+        "max_containers": MAX_CONTAINERS,
+        "inputs_per_container": INPUTS_PER_CONTAINER,
+        "threads_per_call": container_threads(),
+        "timeout_s": TIMEOUT_S,
+        "retries": RETRIES,
+    }
+
 
 image = (
     modal.Image.debian_slim(python_version="3.11")
@@ -53,13 +84,18 @@ hf_cache = modal.Volume.from_name(HF_CACHE_VOLUME, create_if_missing=True)
 app = modal.App(APP_NAME)
 
 with image.imports():
+    import dataclasses
+
     from modal_workers.embedders import DEFAULT_CLIP_MODEL, ImageEmbedder, load_embedder
+    from modal_workers.fetch import SharedClients
     from modal_workers.pipeline import embed_refs
     from modal_workers.types import FetchLimits, ImageRef
 
 
 @app.cls(
     gpu=GPU,
+    cpu=CPU,
+    memory=MEMORY_MB,
     image=image,
     volumes={CACHE_DIR: hf_cache},
     max_containers=MAX_CONTAINERS,
@@ -67,8 +103,14 @@ with image.imports():
     retries=modal.Retries(max_retries=RETRIES, backoff_coefficient=2.0, initial_delay=1.0),
     scaledown_window=SCALEDOWN_S,
 )
+@modal.concurrent(max_inputs=INPUTS_PER_CONTAINER)
 class Embedder:
-    """One loaded embedder per container; `embed` takes a batch of (id, url) pairs."""
+    """One loaded embedder and one HTTP client per container; `embed` takes (id, url) pairs.
+
+    The forward batch is the embedder's own for its device (CLIP: 128 images per call of
+    embed_views on CUDA, i.e. 256-image forwards for two views, fp16; 32 on CPU); each call
+    prepares images in container_threads() threads; INPUTS_PER_CONTAINER calls run at once.
+    """
 
     embedder: str = modal.parameter(default="clip")
     model: str = modal.parameter(default="")  # "" = the embedder's default model
@@ -76,6 +118,9 @@ class Embedder:
     @modal.enter()
     def load(self) -> None:
         self.engine: ImageEmbedder = load_embedder(self.embedder, self.model or None)
+        self.clients = SharedClients(
+            callers=INPUTS_PER_CONTAINER
+        )  # TLS context built once per container, not per call
         if not modal.is_local():
             hf_cache.commit()  # keep freshly downloaded weights for the next container
 
@@ -85,12 +130,22 @@ class Embedder:
     ) -> dict[str, Any]:
         """{"ids", "vectors": kind -> float32 array, "failures": [dict]}: plain picklable data."""
         image_refs = [ImageRef(id=product_id, url=url) for product_id, url in refs]
-        output = embed_refs(image_refs, kinds, self.engine, FetchLimits(**limits))
+        fetch = FetchLimits(**limits)
+        fetch = dataclasses.replace(fetch, threads=container_threads(asked=fetch.threads))
+        output = embed_refs(
+            image_refs,
+            kinds,
+            self.engine,
+            fetch,
+            forward_batch=self.engine.forward_batch,
+            client=self.clients.get(fetch),
+        )
         return output.to_wire()
 
     @modal.method()
     def describe(self) -> dict[str, Any]:
-        return describe_engine(self.engine)
+        """The engine's identity, and under "deployment" what the container reserves."""
+        return describe_engine(self.engine) | {"deployment": deployment()}
 
 
 def describe_engine(engine: ImageEmbedder) -> dict[str, Any]:

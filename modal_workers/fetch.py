@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -145,7 +147,7 @@ def deadline_applies(deadline: Deadline) -> Iterator[None]:
 
 
 def open_client(limits: FetchLimits) -> httpx.Client:
-    """One client per batch; no connection reuse, so TLS is always checked for the hop's host."""
+    """A fetch client; no kept-alive connections, so TLS is always checked for the hop's host."""
     pool_limits = httpx.Limits(max_connections=limits.threads, max_keepalive_connections=0)
     return httpx.Client(
         transport=DeadlineTransport(pool_limits),
@@ -154,6 +156,35 @@ def open_client(limits: FetchLimits) -> httpx.Client:
         # identity: the byte cap then counts what is decoded (no gzip bombs)
         headers={"User-Agent": USER_AGENT, "Accept": "image/*", "Accept-Encoding": "identity"},
     )
+
+
+class SharedClients:
+    """One fetch client per pool size, built on first use and shared by every later call.
+
+    Building a client costs ~30 ms of CPU (its TLS context); a Modal container keeps one of these
+    for its lifetime. httpx's client and httpcore's pool are safe to use from many threads, and
+    each image's deadline lives in its own thread's context (CURRENT_DEADLINE). `callers` calls
+    may share a client at once: its pool holds `callers` x limits.threads connections.
+    """
+
+    def __init__(self, callers: int = 1) -> None:
+        self.callers = max(1, callers)
+        self._lock = threading.Lock()
+        self._clients: dict[int, httpx.Client] = {}
+
+    def get(self, limits: FetchLimits) -> httpx.Client:
+        with self._lock:
+            client = self._clients.get(limits.threads)
+            if client is None:
+                pool = dataclasses.replace(limits, threads=limits.threads * self.callers)
+                client = self._clients[limits.threads] = open_client(pool)
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
 
 
 def fetch_image_bytes(url: str, limits: FetchLimits, client: httpx.Client) -> bytes:

@@ -7,6 +7,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import httpx
@@ -40,13 +41,15 @@ def embed_refs(
     *,
     forward_batch: int | None = None,
     budget: PixelBudget | None = None,
+    client: httpx.Client | None = None,
 ) -> EmbedOutput:
     """Embed refs; ids keep the input order of successes, each refusal becomes a FailedProduct.
 
     `forward_batch` (images per embed_views call) defaults to the embedder's own, which suits its
     device (CLIP: 32 on CPU, 128 on CUDA). Memory: at most forward_batch x WINDOW_BATCHES prepared
     crops wait for the model, and the threads hold at most limits.max_pixels_in_flight decoded
-    pixels at once (PixelBudget).
+    pixels at once (PixelBudget). `client` is a fetch client the caller keeps across calls (a
+    Modal container's SharedClients); without one, the call opens and closes its own.
     """
     kinds = check_kinds(kinds)
     limits = limits or FetchLimits()
@@ -56,10 +59,11 @@ def embed_refs(
     ids: list = []
     parts: dict[str, list[np.ndarray]] = {view: [] for view in views}
     failures: list[FailedProduct] = []
-    with open_client(limits) as client, ThreadPoolExecutor(limits.threads) as pool:
+    opened = nullcontext(client) if client is not None else open_client(limits)
+    with opened as fetch_client, ThreadPoolExecutor(limits.threads) as pool:
 
         def load(ref: ImageRef) -> Prepared | FailedProduct:
-            return load_prepared(ref, views, embedder, limits, client, budget)
+            return load_prepared(ref, views, embedder, limits, fetch_client, budget)
 
         results = prepared_in_order(pool, load, refs, window=batch_size * WINDOW_BATCHES)
         for batch in successes_in_batches(results, batch_size, failures):

@@ -24,6 +24,7 @@ REASONS: dict[str, str] = {
     "decode_error": "the image is truncated or corrupt",
     "not_signed": "a private-bucket path Supabase Storage would not sign (missing object or access)",
     "unexpected_error": "an unexpected error while preparing this one image (message has the type)",
+    "worker_lost": "the Modal call of its batch failed after every retry (crash, timeout, preemption)",
 }
 
 
