@@ -86,6 +86,9 @@ def store_status(
 def _kind_status(kp: Any) -> dict[str, Any]:
     return {
         "vectors": kp.total_vectors,
+        # Format 4: slots of replaced or deleted products are dead; readers skip them.
+        "live": kp.live_vectors,
+        "dead": kp.dead,
         "shards": kp.shard_count(),
         "dim": kp.dim,
         "cursor": kp.cursor,

@@ -28,6 +28,7 @@ from sharding.state import (
     shard_records,
 )
 from sharding.storage import Storage
+from sharding.tombstones import dead_slots
 
 Severity = Literal["error", "warning"]
 
@@ -48,6 +49,7 @@ class KindSummary:
     vectors: int = 0
     committed_vectors: int = 0
     cursor: ProductId | None = None
+    dead: int = 0
 
 
 @dataclass
@@ -161,9 +163,41 @@ def _check_kind(
     summary.shards, summary.vectors = len(records), len(ids)
     for result in results:
         report.problems.extend(result.problems)
-    _check_totals(progress, kind, ids, records, report)
+    live_ids = _check_dead(storage, progress, kind, ids, report)
+    summary.dead = len(ids) - sum(1 for pid in live_ids if pid is not None)
+    _check_totals(progress, kind, ids, live_ids, records, report)
     _check_norms(kind, [r.norms for r in results if r.norms is not None], tol, report)
-    _check_full_id_map(storage, kind, ids, report)
+    _check_full_id_map(storage, kind, live_ids, report)
+
+
+def _check_dead(
+    storage: Storage, progress: Progress, kind: str, ids: list[ProductId], report: AlignmentReport
+) -> list[ProductId | None]:
+    """The kind's slots with None at each dead one; tombstones must name existing slots once."""
+    kp = progress.kinds[kind]
+    try:
+        dead = dead_slots(storage, kp)
+    except StateError as exc:
+        report.add(kind, "tombstone_chunk", str(exc))
+        return list(ids)
+    outside = [slot for slot in dead if not 0 <= slot < len(ids)]
+    if outside:
+        report.add(
+            kind,
+            "tombstone_slot",
+            f"{len(outside)} tombstones name slots the kind does not have "
+            f"({len(ids)} slots), e.g. {outside[:5]}",
+        )
+    twice = [slot for slot, n in Counter(dead).items() if n > 1]
+    if twice:
+        report.add(kind, "tombstone_repeated", f"slots {twice[:5]} are recorded dead twice")
+    if len(dead) != kp.dead:
+        report.add(kind, "dead_count", f"{len(dead)} tombstones, dead says {kp.dead}")
+    live: list[ProductId | None] = list(ids)
+    for slot in dead:
+        if 0 <= slot < len(live):
+            live[slot] = None
+    return live
 
 
 def _check_shard(storage: Storage, record: ShardRecord, dim: int, kind: str) -> _ShardResult:
@@ -249,6 +283,7 @@ def _check_totals(
     progress: Progress,
     kind: str,
     ids: list[ProductId],
+    live_ids: list[ProductId | None],
     records: list[ShardRecord],
     report: AlignmentReport,
 ) -> None:
@@ -262,10 +297,13 @@ def _check_totals(
         )
     if sum(kp.vectors_per_brand.values()) != kp.total_vectors:
         report.add(kind, "brand_totals", "vectors_per_brand does not sum to total_vectors")
-    duplicates = [pid for pid, n in Counter(ids).items() if n > 1]
+    # An id may sit in several slots (a replaced product's old ones are dead); live once only.
+    duplicates = [pid for pid, n in Counter(live_ids).items() if n > 1 and pid is not None]
     if duplicates:
         report.add(
-            kind, "duplicate_ids", f"{len(duplicates)} ids appear twice, e.g. {duplicates[:5]}"
+            kind,
+            "duplicate_ids",
+            f"{len(duplicates)} ids are live twice, e.g. {duplicates[:5]}",
         )
     _check_cursor(kind, kp.cursor, ids, report)
 
@@ -298,8 +336,10 @@ def _check_norms(kind: str, norms: list[np.ndarray], tol: float, report: Alignme
 
 
 def _check_full_id_map(
-    storage: Storage, kind: str, ids: list[ProductId], report: AlignmentReport
+    storage: Storage, kind: str, ids: list[ProductId | None], report: AlignmentReport
 ) -> None:
+    """id_map_{kind}.json must be the slots' ids with null at dead ones (format 4); a copy that
+    lags the commit (shorter, or written before some slots died) is a warning."""
     name = names.full_id_map(kind)
     try:
         full = decode_ids(storage.get(name))
@@ -312,7 +352,9 @@ def _check_full_id_map(
         return
     if full == ids:
         return
-    if full == ids[: len(full)]:
+    if len(full) <= len(ids) and all(
+        got == want or want is None for got, want in zip(full, ids, strict=False)
+    ):
         report.add(
             kind,
             "stale_full_id_map",

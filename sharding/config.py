@@ -51,4 +51,5 @@ class RollupLimits:
 
     segment_shards: int = 100
     failure_chunk: int = 200
+    tombstone_chunk: int = 1000  # dead slot positions inline before they roll into a chunk
     message_chars: int = 500

@@ -27,6 +27,7 @@ from sharding.state import (
     shard_records,
 )
 from sharding.storage import ReadsInto, Storage
+from sharding.tombstones import dead_slots, live_mask
 
 # faiss-cpu skips BLAS below this many queries; BLAS is ~13x faster at 100 queries (measured).
 _BLAS_THRESHOLD = 20
@@ -40,7 +41,10 @@ class Hit:
 
 @dataclass
 class ShardedIndex:
-    """All committed vectors of one kind in one (ntotal, dim) array, positions mapped to ids.
+    """The live vectors of one kind in one (ntotal, dim) array, positions mapped to ids.
+
+    Dead slots (replaced or deleted products, format 4) are dropped at load, so `search`,
+    `vector` and `ids` only ever see live products; `dead_slots` says how many were dropped.
 
     Search is faiss's exact inner-product kernel (`faiss.knn`, the routine IndexFlatIP.search
     runs) over that array, so results equal one merged IndexFlatIP's. The array is not copied
@@ -53,6 +57,7 @@ class ShardedIndex:
     vectors: np.ndarray
     ids: list[ProductId]
     progress: Progress
+    dead_slots: int = 0
     _positions: dict[ProductId, int] = field(default_factory=dict, repr=False)
 
     @property
@@ -136,7 +141,24 @@ def load_index(
             f"{kind}: {len(ids)} vectors in shards, progress says "
             f"{progress.kinds[kind].total_vectors}"
         )
-    return ShardedIndex(kind, dim, vectors, ids, progress)
+    dead = dead_slots(storage, progress.kinds[kind])
+    if dead:
+        vectors, ids = _drop_dead(vectors, ids, dead)
+    return ShardedIndex(kind, dim, vectors, ids, progress, dead_slots=len(dead))
+
+
+def _drop_dead(
+    vectors: np.ndarray, ids: list[ProductId], dead: list[int], chunk: int = 65536
+) -> tuple[np.ndarray, list[ProductId]]:
+    """The live rows, moved down in place (no second copy of the array): a live row only ever
+    moves to a lower position, so chunks taken in order never overwrite a row still to move."""
+    if max(dead) >= len(ids) or min(dead) < 0:
+        raise StateError(f"a tombstone names slot {max(dead)} of {len(ids)}")
+    live = np.flatnonzero(live_mask(len(ids), dead))
+    for start in range(0, len(live), chunk):
+        rows = live[start : start + chunk]
+        vectors[start : start + len(rows)] = vectors[rows]
+    return vectors[: len(live)], [ids[i] for i in live.tolist()]
 
 
 def _load_shard_into(

@@ -19,6 +19,7 @@ _PATTERNS = {
     "index": re.compile(rf"^clip_{_KIND}_shard_(?P<n>\d{{5,}})\.index$"),
     "id_map": re.compile(rf"^id_map_{_KIND}_shard_(?P<n>\d{{5,}})\.json$"),
     "manifest": re.compile(rf"^manifest_{_KIND}_(?P<n>\d{{5,}})\.json$"),
+    "tombstones": re.compile(rf"^tombstones_{_KIND}_(?P<n>\d{{5,}})\.json$"),
     "failed": re.compile(r"^failed_(?P<n>\d{5,})\.json$"),
     "full_id_map": re.compile(rf"^id_map_{_KIND}\.json$"),
 }
@@ -37,6 +38,7 @@ def check_kind(kind: str) -> str:
         shard_index(kind, 1),
         shard_id_map(kind, 1),
         manifest_segment(kind, 1),
+        tombstone_chunk(kind, 1),
     ]
     if any((parsed := parse(name)) is None or parsed.kind != kind for name in made):
         raise ValueError(f"bad kind name {kind!r}: its object names would read as another kind's")
@@ -62,6 +64,10 @@ def full_id_map(kind: str) -> str:
 
 def manifest_segment(kind: str, n: int) -> str:
     return f"manifest_{kind}_{number(n)}.json"
+
+
+def tombstone_chunk(kind: str, n: int) -> str:
+    return f"tombstones_{kind}_{number(n)}.json"
 
 
 def failure_chunk(n: int) -> str:

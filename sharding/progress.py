@@ -10,11 +10,13 @@ from sharding.codec import ProductId
 from sharding.digests import Digests
 
 # 2 adds the XXH3-128 checksums of shard objects; 3 adds the model's weight digest and each
-# kind's largest indexed id (max_id). Stores of formats 1 and 2 are read and resumed (format 1
-# records are verified by sha256; a missing max_id is computed once from the id maps) and are
-# written as format 3 from the next commit on. See docs/store-format.md.
-FORMAT_VERSION = 3
-READABLE_FORMATS = (1, 2, 3)
+# kind's largest indexed id (max_id); 4 adds per-kind tombstones (dead slots: a replaced or
+# deleted product's old vector). Stores of formats 1 to 3 are read and resumed (format 1
+# records are verified by sha256; a missing max_id is computed once from the id maps; no
+# tombstones means every slot is live) and are written as format 4 from the next commit on.
+# See docs/store-format.md.
+FORMAT_VERSION = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 UNKNOWN_BRAND = "(none)"
 BRAND_CHARS = 200  # longer brands are cut to this many characters in vectors_per_brand
 
@@ -72,6 +74,26 @@ class ManifestSegment(_Model):
     shards: list[ShardRecord]
 
 
+class TombstoneRef(_Model):
+    """An immutable tombstone chunk: a fixed run of dead slot positions of one kind (format 4)."""
+
+    name: str
+    sha256: str
+    count: int
+
+    @property
+    def digests(self) -> Digests:
+        return Digests(self.sha256)
+
+
+class TombstoneChunk(_Model):
+    """Content of tombstones_{kind}_{NNNNN}.json: slot positions, in the order they died."""
+
+    format_version: int = FORMAT_VERSION
+    kind: str
+    slots: list[int]
+
+
 class FailureRecord(_Model):
     """A product that could not be indexed, for the kinds named, with the reason."""
 
@@ -118,6 +140,15 @@ class KindProgress(_Model):
     vectors_per_brand: dict[str, int] = Field(default_factory=dict)
     segments: list[SegmentRef] = Field(default_factory=list)
     shards: list[ShardRecord] = Field(default_factory=list)
+    # Format 4: dead slots (positions in the kind's shard order, from 0) that readers skip.
+    # `dead` = sum of the chunks' counts + len(recent_dead); absent (formats 1-3): none dead.
+    dead: int = 0
+    tombstones: list[TombstoneRef] = Field(default_factory=list)
+    recent_dead: list[int] = Field(default_factory=list)
+
+    @property
+    def live_vectors(self) -> int:
+        return self.total_vectors - self.dead
 
     def open_shard(self) -> ShardRecord | None:
         last = self.shards[-1] if self.shards else None
@@ -130,6 +161,16 @@ class KindProgress(_Model):
     def last_shard_number(self) -> int:
         numbers = [s.number for s in self.shards] + [g.last_shard for g in self.segments]
         return max(numbers, default=0)
+
+
+class SyncPosition(_Model):
+    """How far the catalog's changes have been applied (format 4): the keyset position
+    (updated_at, id) of the last changed row a commit covers. A sync reads the rows changed
+    after it; committed with the replacements and deletions it covers, so each change is
+    applied exactly once."""
+
+    updated_at: str
+    id: ProductId | None = None
 
 
 class Progress(_Model):
@@ -146,6 +187,7 @@ class Progress(_Model):
     shard_max_bytes: int
     kinds: dict[str, KindProgress] = Field(default_factory=dict)
     failures: FailureLog = Field(default_factory=FailureLog)
+    sync: SyncPosition | None = None  # format 4; None: no catalog sync has run
 
     @property
     def dims(self) -> dict[str, int]:

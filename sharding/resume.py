@@ -131,6 +131,11 @@ def _kind_problems(kind: str, kp: KindProgress) -> list[str]:
     problem = cursor_problem(kp.cursor, kp.max_id)
     if problem:
         problems.append(problem)
+    listed = sum(ref.count for ref in kp.tombstones) + len(kp.recent_dead)
+    if listed != kp.dead or not 0 <= kp.dead <= kp.total_vectors:
+        problems.append(
+            f"dead is {kp.dead} but the tombstones list {listed} slots of {kp.total_vectors}"
+        )
     return problems
 
 
@@ -229,6 +234,7 @@ def uncommitted_objects(
     """Layout objects of these kinds (and failure chunks) that no commit refers to."""
     last_shard = {k: progress.kinds[k].last_shard_number() for k in kinds if k in progress.kinds}
     segments = {k: len(progress.kinds[k].segments) for k in kinds if k in progress.kinds}
+    tombstones = {k: len(progress.kinds[k].tombstones) for k in kinds if k in progress.kinds}
     # A retry rewrites the failure log under new numbers: a chunk is stale unless named.
     chunks = {ref.name for ref in progress.failures.chunks}
     leftovers = []
@@ -242,6 +248,8 @@ def uncommitted_objects(
             continue
         elif parsed.role == "manifest":
             stale = parsed.number > segments.get(parsed.kind or "", 0)
+        elif parsed.role == "tombstones":
+            stale = parsed.number > tombstones.get(parsed.kind or "", 0)
         else:
             stale = parsed.number > last_shard.get(parsed.kind or "", 0)
         if stale:

@@ -19,10 +19,12 @@ from sharding.loader import Hit
 from sharding.progress import Progress
 from sharding.state import committed_ids, fetch_committed, load_shard, shard_records
 from sharding.storage import Storage
+from sharding.tombstones import dead_slots, live_mask
 
 
 def kind_ids(storage: Storage, progress: Progress, kind: str) -> list[ProductId]:
-    """Every committed id of a kind in shard order, read from the id maps alone (verified)."""
+    """Every live id of a kind in shard order, read from the id maps alone (verified); dead
+    slots (format 4) are left out."""
     ids: list[ProductId] = []
     for record in shard_records(storage, progress, kind):
         data = fetch_committed(storage.get, record.id_map)
@@ -30,7 +32,11 @@ def kind_ids(storage: Storage, progress: Progress, kind: str) -> list[ProductId]
             data, record, match_committed(record.id_map, data, record.id_map_digests)
         )
         ids.extend(shard_ids)
-    return ids
+    dead = dead_slots(storage, progress.kinds[kind])
+    if not dead:
+        return ids
+    mask = live_mask(len(ids), dead)
+    return [pid for pid, live in zip(ids, mask.tolist(), strict=True) if live]
 
 
 def scan_search(
@@ -41,21 +47,29 @@ def scan_search(
     best: list[list[tuple[float, int, ProductId]]] = [[] for _ in queries]
     order = 0  # ties keep shard order, as one merged index would
     dim = progress.kinds[kind].dim
+    dead = dead_slots(storage, progress.kinds[kind])
+    mask = live_mask(progress.kinds[kind].total_vectors, dead) if dead else None
+    slot = 0
     for record in shard_records(storage, progress, kind):
         shard = load_shard(storage, record, dim)
-        if not len(shard.ids) or k < 1:
+        vectors, ids = shard.vectors, shard.ids
+        if mask is not None:  # dead slots never come back
+            keep = np.flatnonzero(mask[slot : slot + len(ids)])
+            vectors, ids = vectors[keep], [ids[i] for i in keep.tolist()]
+        slot += len(shard.ids)
+        if not len(ids) or k < 1:
             continue
         scores, positions = faiss.knn(
-            queries, shard.vectors, min(k, len(shard.ids)), metric=faiss.METRIC_INNER_PRODUCT
+            queries, vectors, min(k, len(ids)), metric=faiss.METRIC_INNER_PRODUCT
         )
         for row, (row_s, row_p) in enumerate(zip(scores, positions, strict=True)):
             for score, position in zip(row_s, row_p, strict=True):
                 if position < 0:
                     continue
-                item = (float(score), -(order + int(position)), shard.ids[position])
+                item = (float(score), -(order + int(position)), ids[position])
                 if len(best[row]) < k:
                     heapq.heappush(best[row], item)
                 else:
                     heapq.heappushpop(best[row], item)
-        order += len(shard.ids)
+        order += len(ids)
     return [[Hit(pid, score) for score, _, pid in sorted(row, reverse=True)] for row in best]

@@ -37,6 +37,7 @@ from sharding.progress import (
     Progress,
     SegmentRef,
     ShardRecord,
+    SyncPosition,
 )
 from sharding.resume import (
     NOTHING_WRITTEN,
@@ -49,6 +50,7 @@ from sharding.resume import (
 )
 from sharding.state import get_verified, load_shard, read_progress, shard_records
 from sharding.storage import CrashingStorage, Storage
+from sharding.tombstones import TombstoneJournal, dead_slots
 
 # Application code imports these from here (application/session.py).
 __all__ = ["BuildConfig", "EmbeddedBatch", "IndexWriter", "RollupLimits", "check_resume"]
@@ -66,6 +68,11 @@ class EmbeddedBatch:
     vectors: dict[str, np.ndarray]
     failures: Sequence[FailureLike] = field(default_factory=list)
     last_id: ProductId | None = None  # largest catalog id covered; None: largest id seen here
+    #: A sync batch (changed catalog rows): in each kind, rows at or below the cursor are
+    #: applied (a live id is replaced: its old slot dies; an id not live is inserted), rows above
+    #: it are left to the append pass, and the cursor does not move. A failure kills the id's
+    #: live slot (a wrong image is worse than none) and is recorded.
+    changed: bool = False
 
     def covered_until(self) -> ProductId:
         if self.last_id is not None:
@@ -134,8 +141,35 @@ class _KindState:
     open_record: ShardRecord | None  # the open shard as last written
     open_dirty: bool = False
     uploads: dict[str, bytes] = field(default_factory=dict)  # sealed objects not written yet
+    tombstones: TombstoneJournal = field(default_factory=lambda: TombstoneJournal(""))
+    #: id -> live slot, built on first need (a replacement or delete): None until then.
+    live: dict[ProductId, int] | None = None
+
+    def may_be_live(self, ids: Sequence[ProductId]) -> bool:
+        """Whether any of these ids can have a live slot (cheap: no map for a fresh batch)."""
+        if not ids:
+            return False
+        if self.live is not None:
+            return True
+        return self.max_id is not None and min(ids) <= self.max_id  # type: ignore[type-var,operator]
+
+    def kill(self, ids: Iterable[ProductId]) -> list[ProductId]:
+        """Make the live slot of each of these ids dead (needs the live map); the ids killed."""
+        assert self.live is not None
+        killed = []
+        for pid in ids:
+            slot = self.live.pop(pid, None)
+            if slot is not None:
+                self.tombstones.kill(slot)
+                killed.append(pid)
+        return killed
 
     def append(self, ids: Sequence[ProductId], vectors: np.ndarray, brands: Sequence[str]) -> None:
+        """Append vectors; an id already live is a replacement (its old slot dies first), so
+        no id is ever live twice in a kind."""
+        if self.live is not None:
+            self.kill(ids)
+            self.live.update((pid, self.total + i) for i, pid in enumerate(ids))
         start = 0
         while start < len(ids):
             take = min(self.capacity - len(self.open.ids), len(ids) - start)
@@ -171,6 +205,9 @@ class _KindState:
             vectors_per_brand=dict(sorted(self.brands.items())),
             segments=list(self.segments),
             shards=shards,
+            dead=self.tombstones.dead,
+            tombstones=list(self.tombstones.chunks),
+            recent_dead=list(self.tombstones.recent),
         )
 
     def assert_aligned(self) -> None:
@@ -206,6 +243,7 @@ class IndexWriter:
         self._rollup = rollup
         self._failures = FailureJournal(storage, progress.failures, run_id, rollup)
         self._inflight: Progress | None = None
+        self.sync_position: SyncPosition | None = progress.sync
 
     @classmethod
     def open(
@@ -260,10 +298,53 @@ class IndexWriter:
         """Append, per kind, the products past that kind's cursor; upload shards sealed here."""
         until = self._validate(batch)
         # All in-memory changes first, uploads last: a retried add_batch then skips what landed.
-        self._failures.record(batch.failures, self._kinds_past_cursor)
+        if batch.changed:
+            failed = [f.id for f in batch.failures]
+            for state in self._kinds.values():
+                covered = [pid for pid in failed if not _after(pid, state.cursor)]
+                if state.may_be_live(covered):
+                    self._ensure_live(state)
+                    state.kill(covered)
+            self._failures.record(batch.failures, self._kinds_at_or_below_cursor)
+        else:
+            self._failures.record(batch.failures, self._kinds_past_cursor)
         for state in self._kinds.values():
             self._append(state, batch, until)
         self._flush_sealed()
+
+    def delete(self, ids: Iterable[ProductId]) -> dict[str, int]:
+        """Make the live slots of these products dead in every kind this run builds (ids not
+        live are ignored); committed by the next commit. Returns slots killed per kind."""
+        wanted = list(ids)
+        for product_id in wanted:
+            refuse_inexact_id(product_id)
+        killed = {}
+        for kind, state in self._kinds.items():
+            if state.may_be_live(wanted):
+                self._ensure_live(state)
+                killed[kind] = len(state.kill(wanted))
+            else:
+                killed[kind] = 0
+        return killed
+
+    def set_sync_position(self, updated_at: str, product_id: ProductId | None) -> None:
+        """Record how far catalog changes are applied; committed by the next commit, with the
+        replacements and deletions made before it (so a resumed sync starts after them)."""
+        self.sync_position = SyncPosition(updated_at=updated_at, id=product_id)
+
+    def is_live(self, kind: str, product_id: ProductId) -> bool:
+        """Whether a product has a live vector in a kind this run builds (builds the live map)."""
+        state = self._kinds[kind]
+        self._ensure_live(state)
+        assert state.live is not None
+        return product_id in state.live
+
+    def live_ids(self, kind: str) -> set[ProductId]:
+        """The ids with a live vector in a kind this run builds (builds the live map)."""
+        state = self._kinds[kind]
+        self._ensure_live(state)
+        assert state.live is not None
+        return set(state.live)
 
     def retry_failed(self, batch: EmbeddedBatch) -> list[ProductId]:
         """Index recorded failures that now embed, in the kinds they failed in; keep the rest.
@@ -287,7 +368,10 @@ class IndexWriter:
             rows = [i for i, pid in enumerate(batch.ids) if state.kind in failed_in[pid]]
             vectors = np.asarray(batch.vectors[state.kind][rows], dtype=np.float32)
             brands = [_brand(batch.brands[i]) for i in rows]
-            state.append([batch.ids[i] for i in rows], vectors, brands)
+            retried = [batch.ids[i] for i in rows]
+            if state.may_be_live(retried):
+                self._ensure_live(state)
+            state.append(retried, vectors, brands)
             for i in rows:
                 fixed.setdefault(batch.ids[i], set()).add(state.kind)
         self._failures.settle_retry(records, fixed, batch.failures)
@@ -329,12 +413,38 @@ class IndexWriter:
         self._guard()  # deleting "leftovers" of a run that took our lease would break its commit
         for kind in self._kinds:
             ids = _all_ids(self.storage, progress, kind)
+            for slot in dead_slots(self.storage, progress.kinds[kind]):
+                ids[slot] = None  # type: ignore[call-overload]  # readers see null: not live
             self.storage.put(names.full_id_map(kind), encode_ids(ids))
         self.storage.delete(uncommitted_objects(self.storage.list(), progress, list(self._kinds)))
         return progress
 
     def _kinds_past_cursor(self, product_id: ProductId) -> list[str]:
         return [k for k, state in self._kinds.items() if _after(product_id, state.cursor)]
+
+    def _kinds_at_or_below_cursor(self, product_id: ProductId) -> list[str]:
+        return [k for k, state in self._kinds.items() if not _after(product_id, state.cursor)]
+
+    def _ensure_live(self, state: _KindState) -> None:
+        """Build the kind's id -> live slot map from its committed id maps and dead slots.
+
+        Reads every id map of the kind (about 8 bytes an id, already verified at open) and its
+        tombstone chunks; held as a dict (about 100 bytes an id: ~100 MB for 1M ids), only in
+        runs that replace or delete.
+        """
+        if state.live is not None:
+            return
+        ids: list[ProductId] = []
+        for record in [*_segment_records(self.storage, state), *state.sealed]:
+            data = state.uploads.get(record.id_map)
+            if data is None:
+                data = get_verified(self.storage, record.id_map, record.id_map_digests)
+            ids.extend(decode_ids(data))
+        ids.extend(state.open.ids)
+        if len(ids) != state.total:
+            raise StateError(f"{state.kind}: {len(ids)} ids in shards, {state.total} counted")
+        dead = set(dead_slots(self.storage, _journal_progress(state)))
+        state.live = {pid: slot for slot, pid in enumerate(ids) if slot not in dead}
 
     def _validate(self, batch: EmbeddedBatch) -> ProductId:
         n = len(batch.ids)
@@ -367,10 +477,17 @@ class IndexWriter:
         ids, vectors, brands = batch.ids, batch.vectors[state.kind], batch.brands
         if batch.ids and not _after(min(batch.ids), state.cursor):  # type: ignore[type-var]
             rows = [i for i, pid in enumerate(batch.ids) if _after(pid, state.cursor)]
+            if batch.changed:  # a sync batch: the rows the cursor covers, the others are later
+                above = set(rows)
+                rows = [i for i in range(len(batch.ids)) if i not in above]
             ids, vectors, brands = [ids[i] for i in rows], vectors[rows], [brands[i] for i in rows]
+        elif batch.changed:
+            ids, vectors, brands = [], vectors[:0], []
+        if state.may_be_live(ids):
+            self._ensure_live(state)
         # The common case (a fresh batch) takes no per-row Python work and no copy here.
         state.append(ids, np.asarray(vectors, dtype=np.float32), [_brand(b) for b in brands])
-        if _after(until, state.cursor):
+        if not batch.changed and _after(until, state.cursor):
             state.cursor = until
 
     def _guard(self) -> None:
@@ -398,13 +515,17 @@ class IndexWriter:
         for state in self._kinds.values():
             self._write_open_shard(state)
             self._roll_segments(state)
+            state.tombstones.roll(self.storage, self._rollup.tombstone_chunk)
         self._failures.roll()
 
     def _has_changes(self) -> bool:
         size = self._rollup
         return (
             any(
-                state.uploads or state.open_dirty or len(state.sealed) >= size.segment_shards
+                state.uploads
+                or state.open_dirty
+                or len(state.sealed) >= size.segment_shards
+                or state.tombstones.must_roll(size.tombstone_chunk)
                 for state in self._kinds.values()
             )
             or self._failures.must_roll()
@@ -452,6 +573,7 @@ class IndexWriter:
             shard_max_bytes=self.config.shard_max_bytes,
             kinds=dict(sorted(kinds.items())),
             failures=self._failures.snapshot(),
+            sync=self.sync_position,
         )
 
 
@@ -506,10 +628,28 @@ def _restore_kind(
         open_record=open_record,
         # An uncommitted run overwrote the open shard: rewrite it to the committed bytes.
         open_dirty=trimmed,
+        tombstones=TombstoneJournal.from_committed(kind, kp),
     )
     if shard.ids and len(shard.ids) >= state.capacity:
         state.seal()  # a smaller shard_max_bytes: the open shard takes no more vectors
     return state
+
+
+def _journal_progress(state: _KindState) -> KindProgress:
+    """The tombstones of a kind's working state, as dead_slots reads them."""
+    journal = state.tombstones
+    return KindProgress(
+        dim=state.dim, dead=journal.dead, tombstones=journal.chunks, recent_dead=journal.recent
+    )
+
+
+def _segment_records(storage: Storage, state: _KindState) -> list[ShardRecord]:
+    """Sealed records of segments this run rolled (not yet named by the last commit)."""
+    records: list[ShardRecord] = []
+    for ref in state.segments:
+        segment = ManifestSegment.model_validate_json(get_verified(storage, ref.name, ref.digests))
+        records.extend(segment.shards)
+    return records
 
 
 def _largest(ids: Sequence[ProductId], kind: str) -> ProductId:

@@ -121,13 +121,13 @@ def _as_format_1(store: LocalStore) -> None:
     progress["format_version"] = 1
     del progress["model_digest"]
     for kind in progress["kinds"].values():
-        del kind["max_id"]
+        del kind["max_id"], kind["dead"], kind["tombstones"], kind["recent_dead"]
         for record in kind["shards"]:
             del record["xxh3"], record["id_map_xxh3"]
     (store.root / "progress.json").write_text(json.dumps(progress))
 
 
-def test_a_format_1_store_is_verified_by_sha256_and_resumed_as_format_3(tmp_path: Path) -> None:
+def test_a_format_1_store_is_verified_by_sha256_and_resumed_as_format_4(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     inline = RollupLimits(segment_shards=100, failure_chunk=100)
     run_build(store, catalog=Catalog(n=30), rollup=inline)
@@ -146,7 +146,7 @@ def test_a_format_1_store_is_verified_by_sha256_and_resumed_as_format_3(tmp_path
 
     run_build(store, catalog=Catalog(n=47), rollup=inline, run_id="resumed")
     resumed = load_index(store, "color")
-    assert resumed.progress.format_version == 3 and resumed.ids == Catalog(n=47).indexed()
+    assert resumed.progress.format_version == 4 and resumed.ids == Catalog(n=47).indexed()
     records = resumed.progress.kinds["color"].shards
     assert records[0].xxh3 is None and records[-1].xxh3 is not None
     assert resumed.progress.kinds["color"].max_id == 47  # computed once from the id maps
@@ -159,7 +159,7 @@ def test_a_format_2_store_with_its_cursor_set_back_is_refused(tmp_path: Path) ->
     progress["format_version"] = 2  # as format 2 wrote it: no max_id, no model digest
     del progress["model_digest"]
     for kind in progress["kinds"].values():
-        del kind["max_id"]
+        del kind["max_id"], kind["dead"], kind["tombstones"], kind["recent_dead"]
     progress["kinds"]["color"]["cursor"] = 12
     (store.root / "progress.json").write_text(json.dumps(progress))
     with pytest.raises(StateError, match=r"color: ids up to 30 are indexed but the cursor is 12"):
