@@ -207,7 +207,9 @@ def fetch_image_bytes(url: str, limits: FetchLimits, client: httpx.Client) -> by
 
 
 def is_http_url(url: str) -> bool:
-    return urlsplit(url.strip()).scheme.lower() in ("http", "https")
+    """Whether the URL names the http(s) scheme; the rest is judged when it is parsed."""
+    scheme, colon, _ = url.strip().partition(":")
+    return bool(colon) and scheme.lower() in ("http", "https")
 
 
 def fetch_following_redirects(
@@ -227,11 +229,12 @@ def fetch_following_redirects(
 def parse_http_url(url: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url.strip())
-    except (httpx.InvalidURL, ValueError) as exc:
+        host = parsed.host  # decoded lazily: an invalid IDNA label (xn--a) fails only here
+    except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError (idna) is a ValueError
         raise ImageRefused("bad_url", f"cannot parse URL: {exc}") from exc
     if parsed.scheme not in ("http", "https"):
         raise ImageRefused("bad_scheme", f"scheme {parsed.scheme!r} is not http(s)")
-    if not parsed.host:
+    if not host:
         raise ImageRefused("bad_url", "URL has no host")
     return parsed
 

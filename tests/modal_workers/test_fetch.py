@@ -265,3 +265,10 @@ def test_a_non_image_local_file_is_refused_without_its_bytes(tmp_path: Path) -> 
     (failure,) = output.failures
     assert failure.reason == "not_an_image"
     assert "root" not in failure.message and "32 bytes" in failure.message
+
+
+@pytest.mark.parametrize(
+    "url", ["http://xn--a.com/x.jpg", "http://xn--ls8h.la/x.jpg", "http://[::1/x.jpg"]
+)
+def test_hosts_that_are_not_valid_names_are_bad_urls(url: str, strict: FetchLimits) -> None:
+    assert refusal(url, strict) == "bad_url"
