@@ -79,7 +79,7 @@ class AlignmentReport:
 
     def to_markdown(self) -> str:
         lines = [
-            f"## Alignment check: {'PASS' if self.ok else 'FAIL'}",
+            f"## Store structure: {'ok' if self.ok else 'FAIL'}",
             "",
             f"Store: {self.store}",
             "",

@@ -231,3 +231,19 @@ def test_read_only_commands_leave_no_trace(tmp_path: Path) -> None:
     assert code == 0 and json.loads(out)["initialised"] is False
     _run("doctor", "--store", str(missing), "--catalog", str(tmp_path / "none.csv"))
     assert not missing.exists()
+
+
+def test_a_failing_sample_never_shows_pass(
+    built_store: Path, catalog: Path, tmp_path: Path
+) -> None:
+    """The structural report comes first and is fine; the verdict after the sample is FAIL only."""
+    moved = tmp_path / "catalog"
+    (moved / "images").mkdir(parents=True)
+    photos = sorted((catalog.parent / "images").glob("000*.jpg"))
+    for photo, other in zip(photos, photos[1:] + photos[:1], strict=True):  # every image swapped
+        (moved / "images" / photo.name).write_bytes(other.read_bytes())
+    (moved / catalog.name).write_text(catalog.read_text())
+    code, out, _ = _run("check", "--store", str(built_store), "--catalog", str(moved / catalog.name),
+                        "--sample", "4")  # fmt: skip
+    assert code == EXIT_CHECK_FAILED
+    assert "PASS" not in out and out.rstrip().endswith("alignment check: FAIL"), out
