@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 #: The run summary lists this many failures; all of them are durable in the store.
 FAILURES_IN_SUMMARY = 100
+#: Embedding batches in flight when neither the settings nor the backend say (local backend).
+DEFAULT_MAX_IN_FLIGHT = 2
+#: Catalog rows after the cursor looked at for image paths a remote backend cannot reach.
+PATH_SAMPLE = 256
 
 
 @dataclass
@@ -73,6 +77,7 @@ class BuildSession:
     max_images: int | None
     totals_at_start: dict[str, int]
     stats: BuildStats = field(default_factory=BuildStats)
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
 
     def room_left(self, batch_size: int, queued: int) -> int:
         """How many products the next page may hold under max_images, given `queued` in flight."""
@@ -172,6 +177,9 @@ def open_session(
             cursor = committed.cursor(kind)
             if cursor is not None:
                 catalog.count_at_or_below(cursor)
+    cursors = [committed.cursor(kind) for kind in embed.kinds] if committed is not None else []
+    after = None if not cursors or None in cursors else min(cursors)  # type: ignore[type-var]
+    check_images_reachable(backend, catalog, after)
     lease, keeper, writer = open_writer(storage, config, settings, run_id, log=log)
     return BuildSession(
         run_id=run_id,
@@ -185,7 +193,34 @@ def open_session(
         keeper=keeper,
         max_images=embed.max_images,
         totals_at_start={kind: writer.progress.total_vectors(kind) for kind in embed.kinds},
+        max_in_flight=embed.max_in_flight or calls_to_fill(backend),
     )
+
+
+def calls_to_fill(backend: EmbedBackend) -> int:
+    """Batches in flight that keep the backend busy: a Modal deployment's max_containers x
+    inputs per container (read from the deployment), else DEFAULT_MAX_IN_FLIGHT."""
+    calls_in_flight = getattr(backend, "calls_in_flight", None)
+    return int(calls_in_flight()) if calls_in_flight is not None else DEFAULT_MAX_IN_FLIGHT
+
+
+def check_images_reachable(
+    backend: EmbedBackend, catalog: Catalog, after: ProductId | None
+) -> None:
+    """A backend that fetches on other machines (Modal) cannot read this machine's files: refuse
+    a catalog whose next rows name local paths before anything is written."""
+    from application.errors import ConfigError
+    from modal_workers.fetch import is_http_url
+
+    if not getattr(backend, "fetches_remotely", False) or catalog.local_root is None:
+        return
+    local = [p for p in catalog.page(after, PATH_SAMPLE) if not is_http_url(p.image_url)]
+    if local:
+        raise ConfigError(
+            f"the catalog names local image files (e.g. product {local[0].id}) but the modal "
+            "backend fetches images on Modal's machines, which cannot read them: upload the "
+            "images and put their http(s) URLs in image_url, or use --backend local"
+        )
 
 
 def preflight(settings: Settings) -> None:

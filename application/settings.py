@@ -86,7 +86,13 @@ class EmbedSettings(BaseSettings):
         "local", description="`local` (in-process), `modal` (A10G) or a registered backend."
     )
     batch_size: int = Field(256, gt=0, le=4096, description="Products per embedding batch.")
-    max_in_flight: int = Field(2, gt=0, le=64, description="Embedding batches in flight at once.")
+    max_in_flight: int | None = Field(
+        None,
+        gt=0,
+        le=64,
+        description="Embedding batches in flight at once (default: 2 local; for modal, the "
+        "deployment's max_containers x inputs per container).",
+    )
     max_images: int | None = Field(None, gt=0, description="Stop after this many products.")
     device: str | None = Field(None, description="Torch device for local CLIP (auto if unset).")
     retry_failed: bool = Field(

@@ -35,7 +35,8 @@ InFlight = deque[tuple[list[Product], PrefectFuture[Any]]]
 T = TypeVar("T")
 
 
-@flow(name="build-index", task_runner=ThreadPoolTaskRunner(max_workers=16))  # type: ignore[arg-type]
+# 64 workers: max_in_flight may be up to 64 (a Modal fleet's max_containers x inputs each).
+@flow(name="build-index", task_runner=ThreadPoolTaskRunner(max_workers=64))  # type: ignore[arg-type]
 def build_index(
     kinds: list[Kind] | None = None,
     max_images: int | None = None,
@@ -68,7 +69,7 @@ def build_index(
         model: CLIP model id or local folder. Empty: FAISS_BUILDER_MODEL, default
             openai/clip-vit-base-patch32.
         max_in_flight: Embedding batches running at once. Empty: FAISS_BUILDER_MAX_IN_FLIGHT,
-            default 2.
+            default 2 (local) or, for modal, what fills the deployment's containers.
         store: A local folder, or supabase. Empty: FAISS_BUILDER_STORE (a deployment refuses to
             start without it).
         catalog: A CSV/JSONL file, or supabase. Empty: FAISS_BUILDER_CATALOG (a deployment
@@ -100,7 +101,7 @@ def build_index(
     try:
         if settings.embed.retry_failed:
             _retry_failures(session, settings.embed.batch_size)
-        _run_batches(session, settings.embed.batch_size, settings.embed.max_in_flight)
+        _run_batches(session, settings.embed.batch_size, session.max_in_flight)
         summary = finish_build(session)
     finally:
         release_lease(session)
