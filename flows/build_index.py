@@ -30,6 +30,7 @@ from tasks.build import (
     start_build,
 )
 from tasks.config import check_deployment_settings
+from tasks.sync import sync_catalog
 
 InFlight = deque[tuple[list[Product], PrefectFuture[Any]]]
 T = TypeVar("T")
@@ -99,10 +100,13 @@ def build_index(
     run_id = str(flow_run.get_id() or "local")
     session = start_build(settings, run_id)
     try:
+        # First follow the catalog (changed, deleted rows), then append rows above the cursor.
+        sync = sync_catalog(_unvisited(session), settings.embed.batch_size)
         if settings.embed.retry_failed:
             _retry_failures(session, settings.embed.batch_size)
         _run_batches(session, settings.embed.batch_size, session.max_in_flight)
         summary = finish_build(session)
+        summary["sync"] = sync
     finally:
         release_lease(session)
     publish_summary(summary)

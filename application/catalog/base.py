@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
 
 from application.errors import CatalogMismatch
 from modal_workers.types import FailedProduct, ProductId
@@ -12,9 +13,11 @@ from modal_workers.types import FailedProduct, ProductId
 __all__ = [
     "MAX_BRAND_CHARS",
     "Catalog",
+    "ChangeFeed",
     "Product",
     "ProductId",
     "bounded_brand",
+    "canonical_time",
     "check_cursor",
     "split_refused",
 ]
@@ -32,6 +35,11 @@ class Product:
     #: (reason, message) when the catalog already knows this image cannot be fetched (a
     #: private-bucket path Storage would not sign): record it as failed, do not send it out.
     refused: tuple[str, str] | None = None
+    #: When the row last changed, canonical UTC text (canonical_time): None when the catalog
+    #: has no updated_at. Changes are read in (updated_at, id) order (ChangeFeed).
+    updated_at: str | None = None
+    #: Soft-deleted (deleted_at is set): the product must not be live in the index.
+    deleted: bool = False
 
 
 class Catalog(Protocol):
@@ -62,14 +70,48 @@ class Catalog(Protocol):
         ...
 
 
+@runtime_checkable
+class ChangeFeed(Protocol):
+    """A catalog whose rows say when they changed (updated_at) and whether they are deleted
+    (deleted_at): what a build's sync pass reads (application.sync)."""
+
+    def changed_since(
+        self, updated_at: str | None, after: ProductId | None, limit: int
+    ) -> list[Product]:
+        """Up to `limit` rows whose (updated_at, id) comes after (`updated_at`, `after`), in
+        that order, soft-deleted ones included (Product.deleted); all rows with an updated_at
+        when `updated_at` is None."""
+        ...
+
+    def latest_change(self) -> tuple[str, ProductId] | None:
+        """The largest (updated_at, id) of the catalog, None when no row has an updated_at."""
+        ...
+
+
+def canonical_time(value: object) -> str:
+    """A timestamp as canonical UTC text that sorts in time order:
+    `YYYY-MM-DDTHH:MM:SS.ffffffZ`. Accepts ISO 8601 (with `Z` or an offset; a time without an
+    offset is taken as UTC) and datetimes; ValueError otherwise."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and value.strip():
+        moment = datetime.fromisoformat(value.strip())
+    else:
+        raise ValueError(f"not a timestamp: {value!r}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def split_refused(products: Sequence[Product]) -> tuple[list[Product], list[FailedProduct]]:
     """(products to embed, failures for the ones the catalog refused): what the build sends
-    to the workers, and what it records as failed without sending."""
-    ready = [product for product in products if product.refused is None]
+    to the workers, and what it records as failed without sending. Soft-deleted products are
+    in neither: they are not indexed and did not fail."""
+    ready = [p for p in products if p.refused is None and not p.deleted]
     failed = [
         FailedProduct(id=product.id, reason=product.refused[0], message=product.refused[1])
         for product in products
-        if product.refused is not None
+        if product.refused is not None and not product.deleted
     ]
     return ready, failed
 

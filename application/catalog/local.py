@@ -1,4 +1,5 @@
-"""A local catalog file (CSV or JSONL with id, image_url, brand), served in id order."""
+"""A local catalog file (CSV or JSONL with id, image_url, brand and optionally updated_at and
+deleted_at), served in id order; its changes in (updated_at, id) order."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from application.catalog.base import Product, ProductId, bounded_brand, check_cursor
+from application.catalog.base import (
+    Product,
+    ProductId,
+    bounded_brand,
+    canonical_time,
+    check_cursor,
+)
 from application.catalog.ids import IdRefused, check_id, id_from_text
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,11 @@ class LocalCatalog:
     a string id; in CSV, a cell written as a canonical decimal integer (`0`, `7`, `-3`, no
     leading zeros or sign) is an integer id and anything else a string (`007` stays "007").
     A file whose ids are not all of one type is refused, so `7` and `007` cannot collide.
+
+    Optional columns: `updated_at` (ISO 8601; a time without an offset is UTC) makes the file a
+    ChangeFeed (a sync re-embeds rows changed since the last one); a non-empty `deleted_at`
+    marks a row soft-deleted. A row missing from the file is a hard delete: a sync compares
+    `ids()` with the store's live ids (cheap for a file).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -45,7 +57,9 @@ class LocalCatalog:
         try:
             self.local_root: str | None = str(self.path.resolve().parent)
             self._format = _RowFormat.detect(self.path)
-            self._ids, self._offsets, self.brands_cut = _index(self.path, self._format)
+            self._ids, self._offsets, self.brands_cut, self._changes, self._deleted = _index(
+                self.path, self._format
+            )
         except OSError as exc:
             raise CatalogError(
                 f"catalog file {self.path} cannot be read: {_os_reason(exc)}"
@@ -68,6 +82,25 @@ class LocalCatalog:
     def get(self, ids: Sequence[ProductId]) -> list[Product]:
         found = {self._position(product_id) for product_id in ids}
         return self._read([self._offsets[i] for i in sorted(i for i in found if i is not None)])
+
+    def ids(self) -> list[ProductId]:
+        """Every id in the file that is not soft-deleted, ascending (for hard-delete checks)."""
+        return [pid for pid in self._ids if pid not in self._deleted]
+
+    def changed_since(
+        self, updated_at: str | None, after: ProductId | None, limit: int
+    ) -> list[Product]:
+        if updated_at is None:
+            start = 0
+        else:
+            key = (updated_at, after) if after is not None else (updated_at,)
+            start = bisect.bisect_right(self._changes, key)  # type: ignore[arg-type]
+        wanted = [pid for _, pid in self._changes[start : start + limit]]
+        by_id = {product.id: product for product in self.get(wanted)}
+        return [by_id[pid] for pid in wanted]
+
+    def latest_change(self) -> tuple[str, ProductId] | None:
+        return self._changes[-1] if self._changes else None
 
     def count_after(self, after: ProductId | None) -> int:
         """How many products come after `after` (for progress bars)."""
@@ -141,17 +174,26 @@ class _RowFormat:
         return _to_product(path, 0, row, csv_text=self.header is not None)[0]
 
 
-def _index(path: Path, row_format: _RowFormat) -> tuple[list[ProductId], array[int], int]:
-    """Validate every row; the ids in ascending order, their rows' byte offsets, brands cut."""
+def _index(
+    path: Path, row_format: _RowFormat
+) -> tuple[list[ProductId], array[int], int, list[tuple[str, ProductId]], set[ProductId]]:
+    """Validate every row; the ids in ascending order, their rows' byte offsets, brands cut,
+    the (updated_at, id) of rows that have one (sorted) and the soft-deleted ids."""
     ids: list[ProductId] = []
     lines = array("Q")
     offsets = array("Q")
     cut = 0
+    changes: list[tuple[str, ProductId]] = []
+    deleted: set[ProductId] = set()
     for number, offset, product, brand_cut in _scan(path, row_format):
         ids.append(product.id)
         lines.append(number)
         offsets.append(offset)
         cut += brand_cut
+        if product.updated_at is not None:
+            changes.append((product.updated_at, product.id))
+        if product.deleted:
+            deleted.add(product.id)
     _check_one_type(path, ids, lines)
     if not all(a < b for a, b in pairwise(ids)):  # type: ignore[operator]
         order = sorted(range(len(ids)), key=ids.__getitem__)  # type: ignore[arg-type, return-value]
@@ -164,7 +206,8 @@ def _index(path: Path, row_format: _RowFormat) -> tuple[list[ProductId], array[i
             raise CatalogError(
                 f"catalog file {path} has duplicate id {ids[i]!r} (lines {first} and {second})"
             )
-    return ids, offsets, cut
+    changes.sort()  # type: ignore[arg-type]
+    return ids, offsets, cut, changes, deleted
 
 
 def _scan(path: Path, row_format: _RowFormat) -> Iterator[tuple[int, int, Product, bool]]:
@@ -268,10 +311,28 @@ def _to_product(
     if not isinstance(url, str) or not url.strip():
         raise CatalogError(f"{where}: missing image_url")
     brand, cut = bounded_brand(row.get("brand"))
+    updated_at = _timestamp(where, "updated_at", row.get("updated_at"))
+    deleted = _timestamp(where, "deleted_at", row.get("deleted_at")) is not None
     # Brands repeat across many rows: share one string per brand.
     return Product(
-        id=product_id, image_url=url.strip(), brand=sys.intern(brand) if brand else None
+        id=product_id,
+        image_url=url.strip(),
+        brand=sys.intern(brand) if brand else None,
+        updated_at=updated_at,
+        deleted=deleted,
     ), cut
+
+
+def _timestamp(where: str, column: str, value: object) -> str | None:
+    """An optional timestamp column as canonical UTC text; empty or null: None."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return canonical_time(value)
+    except ValueError:
+        raise CatalogError(
+            f"{where}: {column} {str(value)[:40]!r} is not an ISO 8601 timestamp"
+        ) from None
 
 
 def _check_one_type(path: Path, ids: list[ProductId], lines: array[int]) -> None:
