@@ -3,6 +3,9 @@
     python -m bench.gpu_embed [--quick]
 
 Runs only where CUDA is available; elsewhere it prints `"gpu": null` with the reason and no figures.
+One command on a GPU machine: `python -m bench.gpu_embed` (no download: random ViT-B/32 weights).
+GPU utilisation during the pipeline run is sampled every 0.2 s (nvidia-smi, else
+torch.cuda.utilization) and reported as its mean (`gpu_utilisation_mean`, percent).
 Same model shape, images and pipeline as bench.embed_throughput, on the GPU in fp16 (the worker's
 default there), with fetch/decode threads feeding it over local HTTP.
 """
@@ -10,7 +13,11 @@ default there), with fetch/decode threads feeding it over local HTTP.
 from __future__ import annotations
 
 import argparse
+import shutil
+import statistics
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +28,46 @@ import torch
 from bench._common import emit
 
 BATCH = 256
+
+
+def utilisation_now() -> float | None:
+    """The GPU's utilisation in percent right now, or None when nothing can tell."""
+    if shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        done = subprocess.run(query, capture_output=True, text=True, timeout=5, check=False)
+        if done.returncode == 0 and done.stdout.strip():
+            return float(done.stdout.split()[0])
+    try:
+        return float(torch.cuda.utilization())
+    except Exception:  # no pynvml
+        return None
+
+
+class UtilisationSampler:
+    """Samples utilisation_now() in a thread while the `with` block runs."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        self.every_s = every_s
+        self.samples: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            value = utilisation_now()
+            if value is not None:
+                self.samples.append(value)
+
+    def __enter__(self) -> UtilisationSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def mean(self) -> float | None:
+        return round(statistics.mean(self.samples), 1) if self.samples else None
 
 
 def measure(quick: bool) -> dict[str, Any]:
@@ -40,7 +87,8 @@ def measure(quick: bool) -> dict[str, Any]:
             embedder.forward_pixel_values(pixels)  # returns numpy: synchronises each batch
         forward = (images // BATCH) * BATCH / (time.perf_counter() - started)
         refs = serve_upscaled_photos(server, images)
-        full = pipeline_rate(embedder, refs, FetchLimits(allow_private_urls=True, threads=32))
+        with UtilisationSampler() as sampler:
+            full = pipeline_rate(embedder, refs, FetchLimits(allow_private_urls=True, threads=32))
     return {
         "gpu": torch.cuda.get_device_name(0),
         "precision": str(embedder.dtype).removeprefix("torch."),
@@ -48,6 +96,8 @@ def measure(quick: bool) -> dict[str, Any]:
         "pipeline_images_per_s_3_kinds": round(full, 1),
         "pipeline_forwards_per_s": round(2 * full, 1),
         "ratio_per_forward": round(2 * full / forward, 3),
+        "gpu_utilisation_mean": sampler.mean(),
+        "utilisation_samples": len(sampler.samples),
     }
 
 
@@ -64,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         report,
         f"GPU {report['gpu']} ({report['precision']}): forward {report['forward_images_per_s']} img/s; "
         f"fetch+decode+views+forward {report['pipeline_images_per_s_3_kinds']} img/s (3 kinds, "
-        f"{report['ratio_per_forward']:.2f} of the forward per forward)",
+        f"{report['ratio_per_forward']:.2f} of the forward per forward); GPU utilisation "
+        f"{report['gpu_utilisation_mean']}%",
     )
 
 

@@ -1,0 +1,148 @@
+"""Fleet simulation: build-index throughput with N simulated Modal containers, N = 1, 2, 5, 10.
+
+    python -m bench.fleet [--quick] [--fleet 1,2,5,10] [--container-rate 120] [--batch-size 256]
+
+The real build-index flow (Prefect ephemeral server, local CSV catalog, local store) and the
+real ModalEmbedClient drive tests.support.fake_modal.FakeDeployment: the deployed class's call
+shape in-process, at most N calls running at once (N containers; Modal queues the rest), each
+sleeping one container's batch time, batch_size / container_rate, and answering 512-d vectors
+per kind (bench.flow_ceiling's id-derived vectors, so the shards written are the real size).
+The flow keeps 2N calls in flight, as it does against the default deployment (max_containers x
+INPUTS_PER_CONTAINER = 2 calls each).
+
+container_rate defaults to what one container prepares today for three kinds, ~120 images/s
+(bench.gpu_feed: one process, bound by the GIL whatever its cores); `--container-rate 1226` is a
+fed A10G under bench.gpu_feed's latency model (128 images per embed_views: 2 ms + 256 x 0.4 ms
+per forward). Each N runs N x CALLS_PER_CONTAINER calls. The orchestrator's own ceiling is
+measured in the same run: the same flow and batch size over the largest catalog with
+bench.flow_ceiling's zero-cost backend. A run's fixed cost (flow start, lease, finish; a
+one-product zero-cost build, measured here too) is taken off every run's seconds, so the rates
+are steady-state. Expected at N is min(N x container_rate, ceiling); `of_expected` = achieved /
+that (goal >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench._common import quiet_prefect, timer
+from bench.flow_ceiling import DIM, kind_vectors, run_flow, write_catalog
+from modal_workers.types import KINDS
+
+CALLS_PER_CONTAINER = 6
+GPU_BOUND_RATE = 1226.0  # bench.gpu_feed: 128 / (2 ms + 256 x 0.4 ms)
+TODAY_RATE = 120.0  # bench.gpu_feed: one container process, GIL-bound
+
+
+def run_fleet(
+    catalog: Path, store: Path, containers: int, container_rate: float, batch_size: int
+) -> tuple[float, dict[str, Any], int]:
+    """(seconds, summary, most calls running at once) of one build against N containers."""
+    from application.backends import register_backend
+    from flows.build_index import build_index
+    from modal_workers.remote import ModalEmbedClient
+    from tests.support.fake_modal import FakeDeployment
+
+    seconds = batch_size / container_rate
+    deployment = FakeDeployment(
+        containers=containers,
+        inputs_per_container=1,
+        batch_seconds=lambda n, refs: seconds * len(refs) / batch_size,
+        vectors=lambda ids, kinds: kind_vectors(ids, kinds, DIM),
+        dim=DIM,
+    )
+    name = f"bench-fleet-{containers}"
+    register_backend(name, lambda settings, embedder, model: ModalEmbedClient(remote=deployment))
+    with timer() as elapsed:
+        summary = build_index(
+            kinds=list(KINDS),  # type: ignore[arg-type]
+            batch_size=batch_size,
+            backend=name,  # type: ignore[arg-type]
+            embedder="clip",
+            store=str(store),
+            catalog=str(catalog),
+            max_in_flight=2 * containers,  # the default deployment: 2 inputs per container
+        )
+    return elapsed[0], summary, deployment.most_running
+
+
+def measure(
+    fleet: Sequence[int], container_rate: float, batch_size: int, calls: int
+) -> dict[str, Any]:
+    quiet_prefect()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+        root = Path(tmp)
+        run_flow(write_catalog(root / "warm.csv", 10), root / "warm", KINDS, 10)  # server start
+        one = write_catalog(root / "one.csv", 1)
+        fixed_s = min(run_flow(one, root / f"one-{i}", KINDS, batch_size)[0] for i in range(3))
+        largest = max(fleet) * calls * batch_size
+        catalog = write_catalog(root / "catalog.csv", largest)
+        ceiling_s, _ = run_flow(catalog, root / "ceiling", KINDS, batch_size)
+        ceiling = largest / (ceiling_s - fixed_s)
+        for n in fleet:
+            products = n * calls * batch_size
+            part = write_catalog(root / f"catalog-{n}.csv", products)
+            seconds, summary, running = run_fleet(
+                part, root / f"store-{n}", n, container_rate, batch_size
+            )
+            assert summary["products"] == products and summary["failed"] == 0
+            achieved = products / (seconds - fixed_s)
+            expected = min(n * container_rate, ceiling)
+            rows.append(
+                {
+                    "containers": n,
+                    "products": products,
+                    "seconds": round(seconds, 2),
+                    "products_per_s": round(achieved, 1),
+                    "linear_per_s": round(n * container_rate, 1),
+                    "expected_per_s": round(expected, 1),
+                    "of_linear": round(achieved / (n * container_rate), 3),
+                    "of_expected": round(achieved / expected, 3),
+                    "most_calls_running": running,
+                    "bound_by": "fleet" if n * container_rate < ceiling else "orchestrator",
+                }
+            )
+    return {
+        "bench": "fleet",
+        "container_rate": container_rate,
+        "batch_size": batch_size,
+        "calls_per_container": calls,
+        "fixed_s_per_run": round(fixed_s, 2),
+        "ceiling_products_per_s": round(ceiling, 1),
+        "ceiling": f"the build-index flow itself at batch {batch_size} (zero-cost backend)",
+        "rows": rows,
+        "of_expected": min(row["of_expected"] for row in rows),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fleet 1,2,5; 2 calls each")
+    parser.add_argument("--fleet", default="1,2,5,10")
+    parser.add_argument("--container-rate", type=float, default=TODAY_RATE, help="images/s")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--calls", type=int, default=CALLS_PER_CONTAINER)
+    args = parser.parse_args(argv)
+    fleet = [1, 2, 5] if args.quick else [int(n) for n in args.fleet.split(",") if n]
+    calls = 2 if args.quick else args.calls
+    report = measure(fleet, args.container_rate, args.batch_size, calls)
+    print(json.dumps(report), flush=True)
+    print(
+        f"ceiling {report['ceiling_products_per_s']:,} products/s at batch {args.batch_size}; "
+        + "; ".join(
+            f"N={r['containers']}: {r['products_per_s']:,}/s ({r['of_expected']:.2f} of "
+            f"{r['expected_per_s']:,}, {r['bound_by']}-bound)"
+            for r in report["rows"]
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
