@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import httpx
 from postgrest.exceptions import APIError
 
-from application.catalog.base import Product, ProductId, bounded_brand, check_cursor
+from application.catalog.base import (
+    Product,
+    ProductId,
+    bounded_brand,
+    canonical_time,
+    check_cursor,
+)
 from application.catalog.ids import IdRefused, check_id
 from application.catalog.local import CatalogError
 from modal_workers.fetch import is_http_url
@@ -27,6 +33,7 @@ GET_CHUNK = 100
 #: Paths per create_signed_urls request.
 SIGN_CHUNK = 500
 MIGRATION = "supabase/migrations/0001_product_images.sql"
+SYNC_MIGRATION = "supabase/migrations/0002_catalog_sync.sql"
 
 # PostgREST / PostgreSQL error codes (https://docs.postgrest.org/en/stable/references/errors.html).
 _MISSING_TABLE = {"42P01", "PGRST205"}
@@ -79,6 +86,8 @@ class SupabaseCatalog:
         page_size: int = POSTGREST_MAX_ROWS,
         sign_bucket: str | None = None,
         sign_expires_s: int = 3600,
+        updated_column: str = "updated_at",
+        deleted_column: str = "deleted_at",
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -89,6 +98,99 @@ class SupabaseCatalog:
         self.sign_bucket = sign_bucket
         self.sign_expires_s = sign_expires_s
         self._id_type: type | None = _UNKNOWN
+        self.updated_column, self.deleted_column = updated_column, deleted_column
+        self._change_columns: tuple[str, ...] | None = None
+
+    def changed_since(
+        self, updated_at: str | None, after: ProductId | None, limit: int
+    ) -> list[Product]:
+        """Rows whose (updated_at, id) comes after (`updated_at`, `after`), in that order, soft
+        deleted ones included: two keyset range scans of the (updated_at, id) index of
+        SYNC_MIGRATION. A table without updated_at has no changes to report."""
+        columns = self._changes_columns()
+        if not columns:
+            return []
+        rows = min(limit, self.request_rows)
+        found: list[Product] = []
+        if updated_at is not None and after is not None:
+            self._check_cursor(after)
+            query = (
+                self._select(columns).eq(self.updated_column, updated_at).gt(self.columns.id, after)
+            )
+            found = self._changed(query.order(self.columns.id).limit(rows))
+        if len(found) < rows:
+            query = self._select(columns)
+            if updated_at is not None:
+                query = query.gt(self.updated_column, updated_at)
+            query = query.order(self.updated_column).order(self.columns.id)
+            found += self._changed(query.limit(rows - len(found)))
+        return found
+
+    def latest_change(self) -> tuple[str, ProductId] | None:
+        columns = self._changes_columns()
+        if not columns:
+            return None
+        query = self._select(columns).not_.is_(self.updated_column, "null")
+        query = query.order(self.updated_column, desc=True).order(self.columns.id, desc=True)
+        found = self._changed(query.limit(1))
+        if not found or found[0].updated_at is None:
+            return None
+        return found[0].updated_at, found[0].id
+
+    def all_ids(self, after: ProductId | None = None) -> Iterator[ProductId]:
+        """Every id not soft-deleted, ascending: a keyset pass over the id column alone (for
+        the reconciliation of hard deletes; about 1,000 ids per request)."""
+        columns = self._changes_columns()
+        cursor = after
+        while True:
+            query = self.client.table(self.table).select(self.columns.id)
+            if cursor is not None:
+                query = query.gt(self.columns.id, cursor)
+            if self.deleted_column in columns:
+                query = query.is_(self.deleted_column, "null")
+            rows = self._rows(query.order(self.columns.id).limit(self.request_rows))
+            if not rows:
+                return
+            for row in rows:
+                yield self.columns.checked_id(row, self.table)
+            cursor = self.columns.checked_id(rows[-1], self.table)
+
+    def _changes_columns(self) -> tuple[str, ...]:
+        """The change columns the table has (probed once: updated_at, then deleted_at)."""
+        if self._change_columns is None:
+            found: tuple[str, ...] = ()
+            for wanted in ((self.updated_column, self.deleted_column), (self.updated_column,)):
+                try:
+                    self._run(self._select(wanted).limit(0))
+                except SupabaseCatalogError as exc:
+                    if "column is missing" not in str(exc):
+                        raise
+                    continue
+                found = wanted
+                break
+            if found and self.deleted_column not in found:
+                log.warning(
+                    "Supabase table %s has no %s column: soft deletes are not seen (apply %s)",
+                    self.table,
+                    self.deleted_column,
+                    SYNC_MIGRATION,
+                )
+            self._change_columns = found
+        return self._change_columns
+
+    def _changed(self, query: Any) -> list[Product]:
+        products = []
+        for row in self._rows(query):
+            product = self.columns.to_product(row, self.table)
+            stamp = row.get(self.updated_column)
+            products.append(
+                replace(
+                    product,
+                    updated_at=canonical_time(stamp) if stamp else None,
+                    deleted=row.get(self.deleted_column) is not None,
+                )
+            )
+        return products
 
     def describe(self) -> str:
         return f"Supabase table {self.table} at {_host(self.client)}"
@@ -185,8 +287,8 @@ class SupabaseCatalog:
             query = query.gt(self.columns.id, after)
         return self._execute(query.order(self.columns.id).limit(rows))
 
-    def _select(self) -> Any:
-        return self.client.table(self.table).select(",".join(self.columns))
+    def _select(self, extra: Sequence[str] = ()) -> Any:
+        return self.client.table(self.table).select(",".join([*self.columns, *extra]))
 
     def _execute(self, query: Any) -> list[Product]:
         return [self.columns.to_product(row, self.table) for row in self._rows(query)]
