@@ -74,15 +74,34 @@ class Embedders:
         self.device = device
         self._lock = threading.Lock()
         self._loaded: dict[tuple[str, str], Any] = {}
+        self._failed: dict[tuple[str, str], str] = {}
 
     def get(self, commit: LoadedCommit) -> Any:
+        """The embedder that built `commit`; 503 (one line) when it cannot be loaded here."""
         from modal_workers.embedders import load_embedder
 
         key = (commit.progress.embedder, commit.progress.model)
         with self._lock:
+            if key in self._failed:
+                raise ServiceError(503, self._failed[key])
             if key not in self._loaded:
-                self._loaded = {key: load_embedder(key[0], key[1] or None, device=self.device)}
+                try:
+                    embedder = load_embedder(key[0], key[1] or None, device=self.device)
+                except Exception as exc:  # weights missing offline, an embedder unknown here
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    message = f"the {key[0]} embedder of this store cannot be loaded here: {first}"
+                    self._failed = {key: message}  # not retried per request; a new commit retries
+                    raise ServiceError(503, message) from None
+                self._loaded = {key: embedder}
             return self._loaded[key]
+
+    def warm(self, commit: LoadedCommit) -> None:
+        """Load the embedder before the commit is served; id searches work without it."""
+        self._failed = {}
+        try:
+            self.get(commit)
+        except ServiceError as exc:
+            log.warning("text and image queries unavailable: %s", exc.detail)
 
 
 def create_app(
@@ -96,7 +115,7 @@ def create_app(
         catalog = open_catalog(settings) if catalog_configured else None
         cache = Path(settings.store.cache_dir) if settings.store.cache_dir else None
         commit = load_commit(open_storage(settings), catalog=catalog, cache_dir=cache)
-        embedders.get(commit)  # loaded before the swap: the first query does not wait for it
+        embedders.warm(commit)  # loaded before the swap: the first query does not wait for it
         return commit
 
     def read_seq() -> int | None:
