@@ -143,6 +143,15 @@ def _fleet_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _service_rows(r: dict[str, Any]) -> list[Row]:
+    measured = (
+        f"{r['p50_ratio']:.2f}x (HTTP p50 {r['http_p50_ms']} ms, p99 {r['http_p99_ms']} ms vs "
+        f"in-process {r['inprocess_p50_ms']} / {r['inprocess_p99_ms']} ms; {r['vectors']:,} x "
+        f"{r['dim']}-d flat); {r['clients']} clients {r['throughput_rps']} req/s"
+    )
+    return [("9 service query by id, HTTP / in-process p50", measured, "<= 1.3x", r["goal_met"])]
+
+
 BENCHES = [
     Bench("flow_ceiling", [], ["--products", "5000"], _flow_rows),
     Bench("memory_growth", [], ["--quick"], _memory_rows),
@@ -153,6 +162,7 @@ BENCHES = [
     Bench("gpu_embed", [], ["--quick"], _gpu_rows),
     Bench("gpu_feed", [], ["--quick"], _feed_rows),
     Bench("fleet", [], ["--quick"], _fleet_rows),
+    Bench("service_latency", [], ["--quick"], _service_rows),
 ]
 
 
