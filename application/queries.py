@@ -12,9 +12,15 @@ from application.settings import Settings
 
 
 def search_store(
-    settings: Settings, *, kind: str, k: int, image: str | None, product_id: str | None
+    settings: Settings,
+    *,
+    kind: str,
+    k: int,
+    image: str | None,
+    product_id: str | None,
+    text: str | None = None,
 ) -> dict[str, Any]:
-    """Top-k neighbours of an indexed product (its stored vector) or of a query image."""
+    """Top-k neighbours of an indexed product (its stored vector), a query image or a text."""
     from sharding.loader import load_index
     from sharding.state import require_progress
 
@@ -27,6 +33,8 @@ def search_store(
     if product_id is not None:
         query_id = _as_indexed_id(product_id, index.ids)
         vector, query = _stored_vector(index, query_id), f"product {query_id!r}"
+    elif text is not None:
+        vector, query = _embed_text(settings, progress, kind, text), repr(text)
     else:
         assert image is not None
         vector, query = _embed_query(settings, progress, kind, image), image
@@ -107,6 +115,22 @@ def _embed_query(settings: Settings, progress: Any, kind: str, image: str) -> An
     except ImageRefused as exc:
         raise UsageError(f"query image {image}: {exc.reason}: {exc.message}") from None
     return vectors[kind][0]
+
+
+def _embed_text(settings: Settings, progress: Any, kind: str, text: str) -> Any:
+    """Embed a text with the text tower of the model the index was built with (CLIP)."""
+    from application.searcher import check_text_kind, text_query_vector
+    from modal_workers.embedder import NoTextTower, embed_text
+
+    check_text_kind(kind)  # before loading a model
+    if not text.strip():
+        raise UsageError("--text is empty")
+    backend = LocalBackend(progress.embedder, progress.model or None, device=settings.embed.device)
+    try:
+        vector = embed_text(backend.embedder, [text])[0]
+    except NoTextTower as exc:
+        raise UsageError(f"--text: {exc}") from None
+    return text_query_vector(vector, kind)
 
 
 def _stored_vector(index: Any, product_id: Any) -> Any:

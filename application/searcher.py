@@ -220,11 +220,16 @@ def text_query_vector(text_vector: np.ndarray, kind: str) -> np.ndarray:
     takes [t, t]/sqrt(2) (unit norm like the stored [color, structure]/sqrt(2), so a score is the
     mean of the text's cosine with the colour view and with the structure view). `structure` is
     refused: that view is a colour-free sketch, and a text names colours and materials."""
-    if kind == "color":
-        return text_vector
+    check_text_kind(kind)
     if kind == "combined":
         return np.concatenate([text_vector, text_vector], axis=-1) / math.sqrt(2.0)
-    raise UsageError(f"text queries search the {' or '.join(TEXT_KINDS)} kind, not {kind!r}")
+    return text_vector
+
+
+def check_text_kind(kind: str) -> None:
+    """UsageError unless a text query can search `kind` (TEXT_KINDS)."""
+    if kind not in TEXT_KINDS:
+        raise UsageError(f"text queries search the {' or '.join(TEXT_KINDS)} kind, not {kind!r}")
 
 
 def as_indexed_id(value: Any, ids: list[Any]) -> Any:

@@ -1,4 +1,4 @@
-"""The `faiss-builder` command line: demo, build, check, search, status, doctor."""
+"""The `faiss-builder` command line: demo, build, check, search, serve, status, doctor."""
 
 from __future__ import annotations
 
@@ -130,21 +130,58 @@ def search(
     store: StoreOpt = None,
     image: Annotated[str | None, typer.Option("--image", help="Query image path or URL")] = None,
     product_id: Annotated[str | None, typer.Option("--id", help="Query by an indexed id")] = None,
+    text: Annotated[
+        str | None, typer.Option("--text", help="Query by a text (CLIP text tower)")
+    ] = None,
     kind: Annotated[str, typer.Option("--kind")] = "color",
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000)] = 10,
     catalog: CatalogOpt = None,
     allow_private_urls: PrivateOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Find the products most similar to an image or to an indexed product."""
+    """Find the products most similar to an image, an indexed product or a text."""
     with _errors_to_exit_codes():
-        if (image is None) == (product_id is None):
-            raise errors.UsageError("give exactly one of --image or --id")
+        if [image, product_id, text].count(None) != 2:
+            raise errors.UsageError("give exactly one of --image, --id or --text")
         from application.queries import search_store
 
         settings = _settings(store=store, catalog=catalog, allow_private_urls=allow_private_urls)
-        result = search_store(settings, kind=kind, k=k, image=image, product_id=product_id)
+        result = search_store(
+            settings, kind=kind, k=k, image=image, product_id=product_id, text=text
+        )
         _emit(result, as_json, _render_search)
+
+
+@app.command()
+def serve(
+    store: StoreOpt = None,
+    catalog: Annotated[
+        str | None,
+        typer.Option(
+            "--catalog", help="Brands and image URLs of the results (CSV/JSONL file or `supabase`)"
+        ),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="[env FAISS_BUILDER_SERVICE_HOST] 127.0.0.1")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="[env FAISS_BUILDER_SERVICE_PORT] 8000")
+    ] = None,
+    poll_s: Annotated[
+        float | None,
+        typer.Option("--poll-s", help="Seconds between reads of progress.json (default 2)"),
+    ] = None,
+    allow_private_urls: PrivateOpt = None,
+) -> None:
+    """Serve searches over HTTP (API, OpenAPI at /docs, a page at /); reloads each new commit."""
+    with _errors_to_exit_codes():
+        from service.server import run_service
+        from service.settings import ServiceSettings
+
+        settings = _settings(store=store, catalog=catalog, allow_private_urls=allow_private_urls)
+        overrides: dict[str, Any] = {"host": host, "port": port, "poll_s": poll_s}
+        service = ServiceSettings(**{key: v for key, v in overrides.items() if v is not None})
+        run_service(settings, service, echo=_err)
 
 
 @app.command()

@@ -66,6 +66,10 @@ def run_demo(folder: Path, *, products: int, embedder: str, echo: Echo) -> None:
         )
     echo(f"demo finished in {time.monotonic() - started:.1f} s; store: {folder / 'store'}")
     echo(f"next: faiss-builder search --store {folder / 'store'} --id 42 --kind structure")
+    echo(
+        f"serve it: faiss-builder serve --store {folder / 'store'} --catalog {catalog} "
+        "(then open http://127.0.0.1:8000/)"
+    )
     if not outcome["ok"]:
         raise RuntimeError("demo alignment check failed")
 
