@@ -17,15 +17,16 @@ from sharding.local_store import LocalStore
 from sharding.state import read_progress
 from tests.reliability.conftest import PRODUCTS
 from tests.reliability.harness import (
+    Build,
     Contents,
     assert_same_as_clean,
+    cli_env,
     contents,
     lease_holder,
     run_cli,
     run_for,
     wait_for_new_holder,
 )
-from tests.reliability.harness import Build as CliBuild
 
 T0, T1 = "2026-11-30T02:00:00Z", "2026-12-01T02:00:00Z"
 COLUMNS = ["id", "image_url", "brand", "updated_at", "deleted_at"]
@@ -58,8 +59,6 @@ def _dead(store: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def synced(prefect_api: object, catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Synced:
-    from tests.reliability.harness import cli_env
-
     work = tmp_path_factory.mktemp("sync")
     env = cli_env(prefect_api, work / "prefect")
     with catalog.open(newline="", encoding="utf-8") as handle:
@@ -104,7 +103,7 @@ def test_random_sigkills_during_a_sync_then_resume_equal_an_uninterrupted_sync(
         shutil.copytree(synced.base, store)
         previous: str | None = None
         while landed < kills:
-            build = CliBuild(_args(store, synced.changed), small_pages, tmp_path)
+            build = Build(_args(store, synced.changed), small_pages, tmp_path)
             holder = partial(_holder, store)
             assert wait_for_new_holder(build, holder, previous)
             run_for(build, rng.uniform(0.0, 2.5))
