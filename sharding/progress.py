@@ -163,6 +163,38 @@ class KindProgress(_Model):
         return max(numbers, default=0)
 
 
+class AnnList(_Model):
+    """One sealed shard's inverted-list entries in an approximate index (sharding.ann): the
+    object `ann_{kind}_g{GGG}_shard_{NNNNN}.ivf`, written once, never rewritten."""
+
+    shard: int
+    name: str
+    sha256: str
+    vectors: int  # entries in the object: the shard's slots that were live when it was added
+
+
+class AnnState(_Model):
+    """A kind's approximate (IVF) index, absent: none. Sealed shards 1..`shards` are in the
+    lists (their slots live at the time each was added); later slots are searched exactly.
+    See docs/store-format.md, section 3 (ann)."""
+
+    generation: int
+    type: str  # "IVFFlat" or "IVFPQ"
+    nlist: int
+    nprobe: int
+    pq_m: int = 0  # PQ sub-quantizers (IVFPQ), 0 for IVFFlat
+    trained: str  # ann_{kind}_g{GGG}_trained.index: the empty trained index
+    trained_sha256: str
+    trained_on: int  # live vectors of the kind when this generation was trained
+    train_mean_distance: float  # mean squared distance of the sample to its nearest centroid
+    shards: int = 0  # sealed shards 1..shards are in the lists
+    vectors: int = 0  # entries over all lists
+    lists: list[AnnList] = Field(default_factory=list)
+    recall_at_10: float | None = None  # measured at the last commit that changed the lists
+    recall_queries: int = 0
+    serving: bool = False  # recall_at_10 >= the build's minimum: search uses it
+
+
 class SyncPosition(_Model):
     """How far the catalog's changes have been applied (format 4): the keyset position
     (updated_at, id) of the last changed row a commit covers. A sync reads the rows changed
@@ -188,6 +220,8 @@ class Progress(_Model):
     kinds: dict[str, KindProgress] = Field(default_factory=dict)
     failures: FailureLog = Field(default_factory=FailureLog)
     sync: SyncPosition | None = None  # format 4; None: no catalog sync has run
+    # Approximate indexes per kind (sharding.ann; optional in format 4, absent: none).
+    ann: dict[str, AnnState] = Field(default_factory=dict)
 
     @property
     def dims(self) -> dict[str, int]:
@@ -202,7 +236,8 @@ class Progress(_Model):
         return kp.total_vectors if kp else 0
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode()
+        # No ann: the field is left out, so readers from before it was added still read the store.
+        return self.model_dump_json(exclude=None if self.ann else {"ann"}).encode()
 
 
 class LastCommit(_Model):

@@ -574,6 +574,7 @@ class IndexWriter:
             kinds=dict(sorted(kinds.items())),
             failures=self._failures.snapshot(),
             sync=self.sync_position,
+            ann=dict(self.progress.ann),  # sealed shards never change: sharding.ann's lists hold
         )
 
 

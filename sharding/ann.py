@@ -1,0 +1,596 @@
+"""The approximate (IVF) index of a kind: trained once per generation, one list object per shard.
+
+Layout (docs/store-format.md, section 3 "ann"), per kind and generation G:
+
+- ``ann_{kind}_g{GGG}_trained.index``: the trained, empty IVF index (coarse quantizer, and the
+  PQ codebook for IVFPQ), as ``faiss.write_index`` writes it. Written once per generation.
+- ``ann_{kind}_g{GGG}_shard_{NNNNN}.ivf``: one sealed shard's entries: for each slot of the shard
+  that was live when it was added, its slot number (the position in the kind's shard order, the
+  IVF id) and its ``sa_encode`` code (list number, then the flat or PQ code). Written once, when
+  the shard is added, never rewritten. Own format, not a faiss file: a faiss file of an index
+  would repeat the quantizer (nlist x d floats: 8 MB at 4096 x 512) in every object.
+
+``update_ann`` trains a generation when a kind first has more than ``AnnConfig.min_vectors``
+live vectors, then adds a list object for each newly sealed shard, and trains a new generation
+(swapped in by one progress.json) when the data drifted. It measures recall@10 against exact
+search on a sample of stored live vectors, tunes nprobe up (doubling, up to nlist) to reach
+``min_recall``, and commits ``Progress.ann[kind]`` with ``serving`` telling whether it did.
+Slots after the last added shard (the open shard) are not in the lists: ``search`` scans them
+exactly and merges. Dead slots and brand filters are IDSelectors over slot numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import faiss
+import numpy as np
+
+from sharding import names
+from sharding.codec import sha256_hex
+from sharding.errors import StateError
+from sharding.progress import AnnList, AnnState, Progress, ShardRecord
+from sharding.resume import last_commit_marker
+from sharding.state import get_verified, load_shard, require_progress, shard_records
+from sharding.storage import Storage
+from sharding.tombstones import dead_slots, live_mask
+
+K = 10  # recall@K
+_MAGIC = b"FBIVF1\n"
+_HEADER = struct.Struct("<qqq")  # entries, code size, shard number
+_OVERHEAD = len(_MAGIC) + _HEADER.size
+_NAME = re.compile(
+    r"^ann_(?P<kind>[a-z][a-z0-9_]*)_g(?P<g>\d{3,})_(?:trained\.index|shard_\d{5,}\.ivf)$"
+)
+
+
+def trained_name(kind: str, generation: int) -> str:
+    return f"ann_{kind}_g{generation:03d}_trained.index"
+
+
+def list_name(kind: str, generation: int, shard: int, part: int = 1) -> str:
+    """A shard's list object; a shard whose entries pass the object limit has parts 2, 3, ..."""
+    suffix = "" if part == 1 else f"_p{part}"
+    return f"ann_{kind}_g{generation:03d}_shard_{names.number(shard)}{suffix}.ivf"
+
+
+def parse_ann_name(name: str) -> tuple[str, int] | None:
+    """(kind, generation) of an ann object name; None for other names."""
+    match = _NAME.match(name)
+    return (match["kind"], int(match["g"])) if match else None
+
+
+@dataclass(frozen=True)
+class AnnConfig:
+    """When and how a kind's approximate index is built (application.settings.StoreSettings)."""
+
+    min_vectors: int = 100_000  # build one above this many live vectors
+    min_recall: float = 0.95  # serve only at or above this recall@10
+    #: IVFPQ (64-byte codes, re-ranked exactly) from this many live vectors; IVFFlat below.
+    pq_min_vectors: int = 500_000
+    pq_m: int = 64
+    max_nlist: int = 4096
+    train_per_list: int = 40  # training sample: this many vectors per list (faiss asks >= 39)
+    max_train: int = 200_000
+    recall_queries: int = 200
+    first_nprobe: int = 8
+    rerank: int = 10  # IVFPQ: candidates scored exactly per result asked
+    drift_growth: float = 2.0  # retrain once the live count reached this multiple of trained_on
+    drift_distance: float = 1.5  # ... or new vectors sit this much farther from their centroid
+    seed: int = 1234
+
+
+@dataclass
+class AnnReport:
+    """What update_ann did for one kind."""
+
+    kind: str
+    action: str  # "none", "trained", "retrained", "added", "unchanged"
+    reason: str = ""
+    state: AnnState | None = None
+    written: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        """The index changed and could not reach the minimum recall: not served."""
+        return self.state is not None and self.action != "none" and not self.state.serving
+
+    def as_dict(self) -> dict[str, object]:
+        state = self.state
+        return {
+            "action": self.action,
+            "reason": self.reason,
+            "objects_written": len(self.written),
+            "seconds": round(self.seconds, 3),
+            **(status(state) if state is not None else {}),
+        }
+
+
+def status(state: AnnState) -> dict[str, object]:
+    """The `status --json` view of a kind's approximate index."""
+    return {
+        "type": state.type,
+        "generation": state.generation,
+        "nlist": state.nlist,
+        "nprobe": state.nprobe,
+        "recall_at_10": state.recall_at_10,
+        "vectors": state.vectors,
+        "shards": state.shards,
+        "serving": state.serving,
+    }
+
+
+def choose_nlist(n: int, max_nlist: int, per_list: int) -> int:
+    """~4 sqrt(n) lists, capped, and never more than the sample can train (per_list each)."""
+    return max(1, min(max_nlist, int(4 * math.sqrt(n)), n // per_list))
+
+
+def new_index(dim: int, nlist: int, pq_m: int) -> faiss.IndexIVF:
+    quantizer = faiss.IndexFlatIP(dim)
+    index: faiss.IndexIVF
+    if pq_m:
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.own_fields = True
+    quantizer.this.disown()  # type: ignore[attr-defined]
+    return index
+
+
+def encode_list(shard: int, slots: np.ndarray, codes: np.ndarray) -> bytes:
+    """The bytes of a list object: magic, header, int64 slots, then the codes row by row."""
+    code_size = codes.shape[1] if codes.ndim == 2 else 0
+    header = _HEADER.pack(len(slots), code_size, shard)
+    return _MAGIC + header + slots.astype("<i8").tobytes() + np.ascontiguousarray(codes).tobytes()
+
+
+def decode_list(data: bytes, name: str) -> tuple[int, np.ndarray, np.ndarray]:
+    """(shard, slots, codes) of a list object; StateError if it is not one."""
+    start = len(_MAGIC) + _HEADER.size
+    if not data.startswith(_MAGIC) or len(data) < start:
+        raise StateError(f"{name}: not an ann list object")
+    n, code_size, shard = _HEADER.unpack_from(data, len(_MAGIC))
+    if n < 0 or code_size < 0 or len(data) != start + n * (8 + code_size):
+        raise StateError(f"{name}: {len(data)} bytes do not hold {n} entries of {code_size}")
+    slots = np.frombuffer(data, dtype="<i8", count=n, offset=start).astype(np.int64)
+    codes = np.frombuffer(data, dtype=np.uint8, offset=start + 8 * n).reshape(n, code_size)
+    return shard, slots, codes
+
+
+@dataclass
+class _Shard:
+    record: ShardRecord
+    start: int  # its first slot
+
+
+def _sealed(storage: Storage, progress: Progress, kind: str) -> list[_Shard]:
+    shards, start = [], 0
+    for record in shard_records(storage, progress, kind):
+        if record.sealed:
+            shards.append(_Shard(record, start))
+        start += record.vectors
+    return shards
+
+
+def _live_rows(
+    storage: Storage, kind: str, dim: int, shard: _Shard, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(slots, vectors) of a sealed shard's live slots."""
+    vectors = load_shard(storage, shard.record, dim).vectors
+    keep = np.flatnonzero(mask[shard.start : shard.start + shard.record.vectors])
+    return (shard.start + keep).astype(np.int64), np.ascontiguousarray(vectors[keep])
+
+
+def _read_trained(storage: Storage, state: AnnState) -> faiss.IndexIVF:
+    data = get_verified(storage, state.trained, _digests(state.trained_sha256))
+    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    if not isinstance(index, faiss.IndexIVF):  # deserialize_index downcasts; keep that owner
+        raise StateError(f"{state.trained}: not an IVF index")
+    return index
+
+
+def _digests(sha256: str):  # type: ignore[no-untyped-def]
+    from sharding.digests import Digests
+
+    return Digests(sha256)
+
+
+def read_lists(storage: Storage, state: AnnState) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Every committed list object of a state, each checked against its sha256."""
+    out = []
+    for ref in state.lists:
+        shard, slots, codes = decode_list(
+            get_verified(storage, ref.name, _digests(ref.sha256)), ref.name
+        )
+        if shard != ref.shard or len(slots) != ref.vectors:
+            raise StateError(f"{ref.name}: holds shard {shard}, {len(slots)} entries; {ref}")
+        out.append((shard, slots, codes))
+    return out
+
+
+def assemble(
+    trained: faiss.IndexIVF, lists: Sequence[tuple[int, np.ndarray, np.ndarray]]
+) -> faiss.IndexIVF:
+    """The trained index with every list object's entries added (in memory)."""
+    for _, slots, codes in lists:
+        if len(slots):
+            trained.add_sa_codes(np.ascontiguousarray(codes), np.ascontiguousarray(slots))
+    return trained
+
+
+def update_ann(
+    storage: Storage,
+    kind: str,
+    config: AnnConfig,
+    *,
+    run_id: str,
+    guard: Callable[[], None] | None = None,
+) -> AnnReport:
+    """Bring a kind's approximate index up to date with its sealed shards and commit it.
+
+    Reads the last commit; writes (1) a trained index when there is none or the data drifted
+    (a new generation), (2) one list object per sealed shard not in the lists yet, then (3)
+    progress.json naming them, (4) last_commit.json, and only then deletes the ann objects of
+    this kind that the new commit does not name (the previous generation, leftovers of a crash).
+    A crash before (3) leaves the previous state serving; a rerun redoes the same work.
+    `guard` (the lease check) runs before the writes and before the commit.
+    """
+    import time
+
+    started = time.monotonic()
+    progress = require_progress(storage)
+    if kind not in progress.kinds:
+        return AnnReport(kind, "none", f"the store has no {kind} index")
+    kp = progress.kinds[kind]
+    state = progress.ann.get(kind)
+    if state is None and kp.live_vectors <= config.min_vectors:
+        return AnnReport(kind, "none", f"{kp.live_vectors} live vectors <= {config.min_vectors}")
+    dim = kp.dim
+    shards = _sealed(storage, progress, kind)
+    mask = live_mask(kp.total_vectors, dead_slots(storage, kp))
+    reason = "" if state is None else _drift(state, kp.live_vectors, config)
+    written: list[str] = []
+
+    def put(name: str, data: bytes) -> None:
+        storage.put(name, data, immutable=True)
+        written.append(name)
+
+    if guard is not None:
+        guard()
+    new = [s for s in shards if state is None or reason or s.record.number > state.shards]
+    rows = [_live_rows(storage, kind, dim, s, mask) for s in new]
+    if state is not None and not reason and rows:
+        index = _read_trained(storage, state)
+        distance = _mean_distance(index, np.concatenate([v for _, v in rows]))
+        if distance > config.drift_distance * state.train_mean_distance:
+            reason = (
+                f"new vectors' mean distance to their list centroid {distance:.4f} > "
+                f"{config.drift_distance} x {state.train_mean_distance:.4f} at training"
+            )
+            new = shards
+            rows = [_live_rows(storage, kind, dim, s, mask) for s in new]
+    if state is None or reason:
+        vectors = np.concatenate([v for _, v in rows]) if rows else np.zeros((0, dim), np.float32)
+        if len(vectors) == 0:
+            return AnnReport(kind, "none", "no sealed shard holds a live vector yet")
+        generation = 1 if state is None else state.generation + 1
+        index, state = _train(kind, generation, vectors, kp.live_vectors, config)
+        data = faiss.serialize_index(index).tobytes()
+        put(state.trained, data)
+        state.trained_sha256 = sha256_hex(data)
+        action = "trained" if generation == 1 else "retrained"
+        lists: list[AnnList] = []
+        committed_lists: list[tuple[int, np.ndarray, np.ndarray]] = []
+    else:
+        if not new:
+            return AnnReport(kind, "unchanged", "no newly sealed shard", state)
+        index = _read_trained(storage, state)
+        action = "added"
+        lists = list(state.lists)
+        committed_lists = read_lists(storage, state)
+    fresh = []
+    # Entries per object: a list object stays under the store's object limit (shard_max_bytes).
+    per_object = max(1, (progress.shard_max_bytes - _OVERHEAD) // (8 + index.sa_code_size()))
+    for shard, (slots, vectors) in zip(new, rows, strict=True):
+        codes = (
+            index.sa_encode(vectors)
+            if len(vectors)
+            else np.zeros((0, index.sa_code_size()), np.uint8)
+        )
+        number = shard.record.number
+        for part, start in enumerate(range(0, max(1, len(slots)), per_object), start=1):
+            part_slots, part_codes = (
+                slots[start : start + per_object],
+                codes[start : start + per_object],
+            )
+            data = encode_list(number, part_slots, part_codes)
+            name = list_name(kind, state.generation, number, part)
+            put(name, data)
+            ref = AnnList(shard=number, name=name, sha256=sha256_hex(data), vectors=len(part_slots))
+            lists.append(ref)
+            fresh.append((number, part_slots, part_codes))
+    full = assemble(index, [*committed_lists, *fresh])
+    state = state.model_copy(
+        update={
+            "lists": lists,
+            "shards": max((s.record.number for s in shards), default=0),
+            "vectors": int(full.ntotal),
+        }
+    )
+    state = _measure(storage, kind, dim, shards, mask, full, state, config)
+    if guard is not None:
+        guard()
+    committed = _commit(storage, progress, kind, state, run_id)
+    _delete_unnamed(storage, kind, committed)
+    return AnnReport(kind, action, reason, state, written, time.monotonic() - started)
+
+
+def _drift(state: AnnState, live: int, config: AnnConfig) -> str:
+    if live >= config.drift_growth * max(1, state.trained_on):
+        return f"{live} live vectors >= {config.drift_growth} x {state.trained_on} at training"
+    return ""
+
+
+def _mean_distance(index: faiss.IndexIVF, vectors: np.ndarray) -> float:
+    """Mean squared L2 distance of unit vectors to their nearest centroid (2 - 2 cos)."""
+    if len(vectors) == 0:
+        return 0.0
+    scores, _ = index.quantizer.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+    return float(np.mean(2.0 - 2.0 * scores[:, 0]))
+
+
+def _train(
+    kind: str, generation: int, vectors: np.ndarray, live: int, config: AnnConfig
+) -> tuple[faiss.IndexIVF, AnnState]:
+    dim = vectors.shape[1]
+    pq_m = config.pq_m if live >= config.pq_min_vectors and dim % config.pq_m == 0 else 0
+    nlist = choose_nlist(len(vectors), config.max_nlist, config.train_per_list)
+    # PQ codebooks need 256 points each to train on (8 bits).
+    sample_size = min(len(vectors), max(nlist * config.train_per_list, 256 * 40 if pq_m else 0))
+    sample_size = min(sample_size, config.max_train)
+    rng = np.random.default_rng(config.seed + generation)
+    sample = vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))]
+    index = new_index(dim, nlist, pq_m)
+    index.cp.seed = config.seed
+    index.train(np.ascontiguousarray(sample))
+    state = AnnState(
+        generation=generation,
+        type="IVFPQ" if pq_m else "IVFFlat",
+        nlist=nlist,
+        nprobe=min(nlist, config.first_nprobe),
+        pq_m=pq_m,
+        trained=trained_name(kind, generation),
+        trained_sha256="",
+        trained_on=live,
+        train_mean_distance=_mean_distance(index, sample),
+    )
+    return index, state
+
+
+def _measure(
+    storage: Storage,
+    kind: str,
+    dim: int,
+    shards: list[_Shard],
+    mask: np.ndarray,
+    index: faiss.IndexIVF,
+    state: AnnState,
+    config: AnnConfig,
+) -> AnnState:
+    """recall@10 of the lists against exact search over the same live vectors, on a sample of
+    them as queries; nprobe doubles (up to nlist) until it reaches config.min_recall."""
+    covered = [_live_rows(storage, kind, dim, s, mask) for s in shards]
+    slots = np.concatenate([s for s, _ in covered]) if covered else np.zeros(0, np.int64)
+    vectors = np.concatenate([v for _, v in covered]) if covered else np.zeros((0, dim), "f4")
+    if len(slots) == 0:
+        return state.model_copy(update={"recall_at_10": None, "recall_queries": 0})
+    rng = np.random.default_rng(config.seed)
+    picked = rng.choice(len(slots), min(config.recall_queries, len(slots)), replace=False)
+    queries = np.ascontiguousarray(vectors[np.sort(picked)])
+    k = min(K, len(slots))
+    _, exact = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    truth = slots[exact]
+    nprobe = min(state.nlist, config.first_nprobe)
+    while True:
+        found = search_lists(
+            index,
+            queries,
+            k,
+            nprobe=nprobe,
+            rerank=config.rerank if state.pq_m else 1,
+            vectors_of=_lookup(slots, vectors),
+        )[1]
+        recall = recall_at(truth, found)
+        if recall >= config.min_recall or nprobe >= state.nlist:
+            break
+        nprobe = min(state.nlist, nprobe * 2)
+    return state.model_copy(
+        update={
+            "nprobe": nprobe,
+            "recall_at_10": round(recall, 4),
+            "recall_queries": len(queries),
+            "serving": recall >= config.min_recall,
+        }
+    )
+
+
+def recall_at(truth: np.ndarray, found: np.ndarray) -> float:
+    """Mean share of each row's true neighbours found (ids; -1 never counts)."""
+    hits = sum(
+        len(set(t.tolist()) & set(f[f >= 0].tolist())) for t, f in zip(truth, found, strict=True)
+    )
+    return hits / truth.size if truth.size else 1.0
+
+
+def _lookup(slots: np.ndarray, vectors: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    def vectors_of(wanted: np.ndarray) -> np.ndarray:
+        return vectors[np.searchsorted(slots, wanted)]
+
+    return vectors_of
+
+
+def search_lists(
+    index: faiss.IndexIVF,
+    queries: np.ndarray,
+    k: int,
+    *,
+    nprobe: int,
+    rerank: int = 1,
+    vectors_of: Callable[[np.ndarray], np.ndarray] | None = None,
+    selector: faiss.IDSelector | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, slots), k per query, from the IVF lists: `rerank` x k candidates when
+    vectors_of (slot -> stored vector) is given, re-scored exactly; -1 where fewer exist."""
+    params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
+    if selector is not None:
+        params.sel = selector
+    want = k * max(1, rerank)
+    scores, found = index.search(queries, want, params=params)
+    if vectors_of is None:
+        return scores[:, :k], found[:, :k]
+    out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, (query, candidates) in enumerate(zip(queries, found, strict=True)):
+        candidates = candidates[candidates >= 0]
+        if not len(candidates):
+            continue
+        exact = vectors_of(candidates) @ query
+        order = np.argsort(-exact, kind="stable")[:k]
+        out_s[row, : len(order)] = exact[order]
+        out_i[row, : len(order)] = candidates[order]
+    return out_s, out_i
+
+
+def _commit(
+    storage: Storage, progress: Progress, kind: str, state: AnnState, run_id: str
+) -> Progress:
+    """progress.json with this kind's ann replaced (commit_seq + 1), then last_commit.json."""
+    ann = dict(progress.ann)
+    ann[kind] = state
+    candidate = progress.model_copy(
+        update={
+            "commit_seq": progress.commit_seq + 1,
+            "run_id": run_id,
+            "written_at": datetime.now(UTC),
+            "ann": dict(sorted(ann.items())),
+        }
+    )
+    candidate = Progress.model_validate_json(candidate.to_bytes())
+    data = candidate.to_bytes()
+    storage.put(names.PROGRESS, data)
+    storage.put(names.LAST_COMMIT, last_commit_marker(candidate, data))
+    return candidate
+
+
+def _delete_unnamed(storage: Storage, kind: str, progress: Progress) -> None:
+    """Ann objects of this kind that the commit does not name: an older generation, leftovers."""
+    state = progress.ann.get(kind)
+    named = set() if state is None else {state.trained, *(ref.name for ref in state.lists)}
+    stale = [
+        name
+        for name in storage.list("ann_")
+        if (parsed := parse_ann_name(name)) is not None and parsed[0] == kind and name not in named
+    ]
+    if stale:
+        storage.delete(stale)
+
+
+def committed_ann_objects(progress: Progress) -> set[str]:
+    """Every ann object the commit names (for check and cleanup)."""
+    return {
+        name
+        for state in progress.ann.values()
+        for name in [state.trained, *(ref.name for ref in state.lists)]
+    }
+
+
+@dataclass
+class LoadedAnn:
+    """A kind's serving approximate index in memory, over the slot numbers of its live rows."""
+
+    state: AnnState
+    index: faiss.IndexIVF
+    live_slots: np.ndarray  # slot of each live row, ascending (the loader's row order)
+    dead_covered: np.ndarray  # dead slots the lists may still hold
+    covered: int  # slots of shards 1..state.shards: later ones are scanned exactly
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        queries: np.ndarray,
+        k: int,
+        *,
+        rows: np.ndarray | None = None,
+        nprobe: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) k per query over the live `vectors` (the loader's array): the lists
+        (dead slots and, with `rows`, everything outside them excluded by an IDSelector),
+        re-scored exactly, merged with an exact scan of the rows after the lists. -1: none."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        tail_start = int(np.searchsorted(self.live_slots, self.covered))
+        keep: list[object] = []  # selectors must outlive the search
+        if rows is None:
+            tail = np.arange(tail_start, len(vectors))
+            selector: faiss.IDSelector | None = None
+            if len(self.dead_covered):
+                batch = faiss.IDSelectorBatch(self.dead_covered)
+                selector = faiss.IDSelectorNot(batch)
+                keep.append(batch)
+        else:
+            rows = np.asarray(rows, dtype=np.int64)
+            tail = rows[rows >= tail_start]
+            selector = faiss.IDSelectorBatch(
+                np.ascontiguousarray(self.live_slots[rows[rows < tail_start]])
+            )
+        slots = self.live_slots
+
+        def vectors_of(wanted: np.ndarray) -> np.ndarray:
+            return vectors[np.searchsorted(slots, wanted)]
+
+        rerank = 10 if self.state.pq_m else 1
+        scores, found = search_lists(
+            self.index,
+            queries,
+            k,
+            nprobe=nprobe or self.state.nprobe,
+            rerank=rerank,
+            vectors_of=vectors_of,
+            selector=selector,
+        )
+        found_rows = np.where(found >= 0, np.searchsorted(slots, np.maximum(found, 0)), -1)
+        if len(tail):
+            t_scores, t_pos = faiss.knn(
+                queries,
+                np.ascontiguousarray(vectors[tail]),
+                min(k, len(tail)),
+                metric=faiss.METRIC_INNER_PRODUCT,
+            )
+            scores = np.concatenate([scores, t_scores], axis=1)
+            found_rows = np.concatenate(
+                [found_rows, np.where(t_pos >= 0, tail[np.maximum(t_pos, 0)], -1)], axis=1
+            )
+        scores = np.where(found_rows >= 0, scores, -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        del keep
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(found_rows, order, 1)
+
+
+def load_ann(storage: Storage, progress: Progress, kind: str) -> LoadedAnn | None:
+    """The serving approximate index of a kind (lists verified, merged in memory), or None."""
+    state = progress.ann.get(kind)
+    if state is None or not state.serving:
+        return None
+    kp = progress.kinds[kind]
+    index = assemble(_read_trained(storage, state), read_lists(storage, state))
+    covered = sum(
+        r.vectors for r in shard_records(storage, progress, kind) if r.number <= state.shards
+    )
+    dead = np.asarray(sorted(dead_slots(storage, kp)), dtype=np.int64)
+    live = np.flatnonzero(live_mask(kp.total_vectors, dead.tolist())).astype(np.int64)
+    return LoadedAnn(state, index, live, dead[dead < covered], covered)

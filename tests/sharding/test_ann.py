@@ -1,0 +1,243 @@
+"""The approximate (IVF) index: trained once per generation, one list object per sealed shard,
+recall measured against exact search, committed by progress.json (sharding.ann)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sharding import BuildConfig, EmbeddedBatch, IndexWriter, InjectedCrash, MemoryStore, load_index
+from sharding.ann import AnnConfig, load_ann, parse_ann_name, read_lists, recall_at, update_ann
+from sharding.codec import ProductId
+from sharding.state import read_progress
+from sharding.storage import CrashingStorage
+
+DIM = 32
+KIND = "color"
+CONFIG = BuildConfig(embedder="test", model="m", dims={KIND: DIM}, shard_max_vectors=500)
+ANN = AnnConfig(min_vectors=1000, recall_queries=100, first_nprobe=2, max_nlist=32)
+
+
+def clustered(n: int, start: int = 0, clusters: int = 40, seed: int = 0) -> np.ndarray:
+    """CLIP-like vectors: unit vectors scattered around a few dozen random unit centres
+    (the same centres for every call with the same seed), not uniform noise."""
+    centres = np.random.default_rng(seed).standard_normal((clusters, DIM)).astype(np.float32)
+    rng = np.random.default_rng(seed * 7919 + start + 1)
+    which = rng.integers(0, clusters, n)
+    x = centres[which] + 0.35 * rng.standard_normal((n, DIM)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def build(store: MemoryStore, first: int, n: int, seed: int = 0, run_id: str = "run") -> None:
+    writer = IndexWriter.open(store, CONFIG, run_id=run_id)
+    ids = list(range(first, first + n))
+    vectors = clustered(n, first, seed=seed)
+    for s in range(0, n, 250):
+        batch_ids = list[ProductId](ids[s : s + 250])
+        writer.add_batch(
+            EmbeddedBatch(batch_ids, [f"b{i % 3}" for i in batch_ids], {KIND: vectors[s : s + 250]})
+        )
+        writer.commit()
+    writer.finish()
+
+
+def exact(store: MemoryStore, queries: np.ndarray, k: int) -> list[list[ProductId]]:
+    return [[h.id for h in row] for row in load_index(store, KIND).search(queries, k)]
+
+
+def ann_ids(
+    store: MemoryStore, queries: np.ndarray, k: int, nprobe: int | None = None
+) -> list[list[ProductId]]:
+    index = load_index(store, KIND)
+    ann = load_ann(store, index.progress, KIND)
+    assert ann is not None
+    _, rows = ann.search(index.vectors, queries, k, nprobe=nprobe)
+    return [[index.ids[r] for r in row if r >= 0] for row in rows]
+
+
+def test_no_ann_below_the_minimum() -> None:
+    store = MemoryStore()
+    build(store, 1, 1000)
+    report = update_ann(store, KIND, ANN, run_id="ann")
+    assert report.action == "none" and "1000 live vectors" in report.reason
+    progress = read_progress(store)
+    assert progress is not None and progress.ann == {}
+    assert b'"ann"' not in store.get("progress.json")  # older readers still read the store
+
+
+def test_train_then_add_only_new_shards_and_search_equals_exact_at_full_nprobe() -> None:
+    store = MemoryStore()
+    build(store, 1, 3000)
+    report = update_ann(store, KIND, ANN, run_id="ann")
+    state = report.state
+    assert report.action == "trained" and state is not None
+    assert state.type == "IVFFlat" and state.nlist == 32 and state.shards == 6
+    assert [ref.shard for ref in state.lists] == [1, 2, 3, 4, 5, 6]
+    assert state.vectors == 3000 and state.serving and state.recall_at_10 is not None
+    assert state.recall_at_10 >= ANN.min_recall
+    committed = {name: store.get(name) for name in store.list("ann_")}
+
+    build(store, 3001, 1200)  # seals shards 7 and 8 (9 is open)
+    report = update_ann(store, KIND, ANN, run_id="ann2")
+    assert report.action == "added" and report.state is not None
+    assert [parse_ann_name(n) for n in report.written] == [(KIND, 1), (KIND, 1)]
+    assert report.state.shards == 8 and report.state.vectors == 4000
+    for name, data in committed.items():  # nothing committed is rewritten
+        assert store.get(name) == data
+
+    queries = clustered(20, 99_000)
+    full = ann_ids(store, queries, 10, nprobe=report.state.nlist)
+    assert full == exact(store, queries, 10)  # the open shard's 200 slots are scanned exactly
+
+
+def test_recall_is_measured_against_exact_search() -> None:
+    store = MemoryStore()
+    build(store, 1, 3000)
+    state = update_ann(store, KIND, ANN, run_id="ann").state
+    assert state is not None
+    index = load_index(store, KIND)
+    ann = load_ann(store, index.progress, KIND)
+    assert ann is not None
+    queries = index.vectors[::30][:100]
+    _, truth = __import__("faiss").knn(queries, index.vectors, 10, metric=0)
+    for nprobe in (1, 4, 32):
+        _, rows = ann.search(index.vectors, queries, 10, nprobe=nprobe)
+        measured = recall_at(truth, rows)
+        assert 0.0 <= measured <= 1.0
+    assert recall_at(truth, ann.search(index.vectors, queries, 10, nprobe=32)[1]) == 1.0
+    assert recall_at(truth, ann.search(index.vectors, queries, 10, nprobe=1)[1]) < 1.0
+    # The committed figure is the recall at the committed nprobe on the stored sample.
+    assert state.recall_at_10 is not None and state.recall_queries == 100
+
+
+def test_unreachable_recall_is_not_served() -> None:
+    store = MemoryStore()
+    build(store, 1, 3000)
+    report = update_ann(
+        store, KIND, AnnConfig(min_vectors=1000, min_recall=1.01, max_nlist=32), run_id="a"
+    )
+    assert report.failed and report.state is not None and not report.state.serving
+    assert report.state.nprobe == report.state.nlist  # tuned all the way up first
+    progress = read_progress(store)
+    assert progress is not None and load_ann(store, progress, KIND) is None
+
+
+def test_dead_slots_and_brand_rows_are_respected() -> None:
+    store = MemoryStore()
+    build(store, 1, 3000)
+    update_ann(store, KIND, ANN, run_id="ann")
+    writer = IndexWriter.open(store, CONFIG, run_id="del")
+    writer.delete(list(range(1, 3001, 3)))
+    writer.finish()
+    queries = clustered(10, 77_000)
+    index = load_index(store, KIND)
+    ann = load_ann(store, index.progress, KIND)
+    assert ann is not None and len(ann.dead_covered) == 1000
+    _, rows = ann.search(index.vectors, queries, 10, nprobe=32)
+    got = [[index.ids[r] for r in row] for row in rows]
+    assert got == exact(store, queries, 10)
+    assert all(pid % 3 != 1 for row in got for pid in row)
+    brand_rows = np.flatnonzero(np.array([pid % 3 == 2 for pid in index.ids]))
+    _, rows = ann.search(index.vectors, queries, 10, rows=brand_rows, nprobe=32)
+    assert all(index.ids[r] % 3 == 2 for row in rows for r in row)
+    sub = index.vectors[brand_rows]
+    _, want = __import__("faiss").knn(queries, sub, 10, metric=0)
+    assert rows.tolist() == brand_rows[want].tolist()
+
+
+def test_drift_retrains_a_new_generation_swapped_by_one_commit() -> None:
+    store = MemoryStore()
+    build(store, 1, 2000)
+    first = update_ann(store, KIND, ANN, run_id="g1").state
+    assert first is not None and first.generation == 1 and first.trained_on == 2000
+    build(store, 2001, 2000, seed=5)  # other clusters, and the live count doubled
+    before = read_progress(store)
+    report = update_ann(store, KIND, ANN, run_id="g2")
+    after = read_progress(store)
+    assert report.action == "retrained" and "2.0 x 2000" in report.reason
+    assert before is not None and after is not None and after.commit_seq == before.commit_seq + 1
+    assert after.ann[KIND].generation == 2 and after.ann[KIND].shards == 8
+    assert {parse_ann_name(n)[1] for n in store.list("ann_")} == {2}  # type: ignore[index]
+
+
+def test_drift_by_distance() -> None:
+    store = MemoryStore()
+    build(store, 1, 3000)
+    update_ann(store, KIND, ANN, run_id="g1")
+    build(store, 3001, 1000, seed=9)  # far from the trained centroids, count not doubled
+    report = update_ann(store, KIND, ANN, run_id="g2")
+    assert report.action == "retrained" and "mean distance" in report.reason
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_crash_at_every_write_of_an_update_resumes_to_the_same_state(when: str) -> None:
+    def base() -> MemoryStore:
+        store = MemoryStore()
+        build(store, 1, 2500)
+        update_ann(store, KIND, ANN, run_id="g1")
+        build(store, 2501, 1000)
+        return store
+
+    reference = base()
+    update_ann(reference, KIND, ANN, run_id="g2")
+    want = read_progress(reference)
+    assert want is not None
+    writes = 0
+    n = 1
+    while True:
+        store = base()
+        before = read_progress(store)
+        crashing = CrashingStorage(store, n, when)  # type: ignore[arg-type]
+        try:
+            update_ann(crashing, KIND, ANN, run_id="g2")
+        except InjectedCrash:
+            now = read_progress(store)
+            assert now is not None and before is not None
+            if now.commit_seq == before.commit_seq:  # not committed: the old state serves
+                assert now.ann == before.ann and load_ann(store, now, KIND) is not None
+            update_ann(store, KIND, ANN, run_id="g2")  # the next build
+            got = read_progress(store)
+            assert got is not None and got.ann == want.ann
+            assert sorted(store.list("ann_")) == sorted(reference.list("ann_"))
+            assert read_lists(store, got.ann[KIND])
+            n += 1
+            continue
+        writes = crashing.writes
+        break
+    assert writes == 4 and n == 5  # two list objects, progress.json, last_commit.json
+
+
+def test_objects_stay_under_a_small_shard_limit() -> None:
+    limit = 45 + 4 * DIM * 100  # 100 vectors per shard
+    config = BuildConfig(embedder="test", model="m", dims={KIND: DIM}, shard_max_bytes=limit)
+    store = MemoryStore()
+    writer = IndexWriter.open(store, config, run_id="r")
+    writer.add_batch(
+        EmbeddedBatch(list[ProductId](range(1, 2001)), [None] * 2000, {KIND: clustered(2000)})
+    )
+    writer.finish()
+    state = update_ann(store, KIND, ANN, run_id="a").state
+    assert state is not None and state.shards == 20 and state.vectors == 2000
+    # IVFFlat entries (slot + list number + vector) are 9 bytes larger than a shard's rows:
+    # a full shard's entries take two objects.
+    assert len(state.lists) == 40 and {ref.shard for ref in state.lists} == set(range(1, 21))
+    for ref in state.lists:
+        assert len(store.get(ref.name)) <= limit
+
+
+def test_ivfpq_is_chosen_from_its_size_and_re_ranked_exactly() -> None:
+    store = MemoryStore()
+    build(store, 1, 3000)
+    config = AnnConfig(min_vectors=1000, pq_min_vectors=2000, pq_m=8, max_nlist=16, first_nprobe=2)
+    state = update_ann(store, KIND, config, run_id="pq").state
+    assert state is not None and state.type == "IVFPQ" and state.pq_m == 8
+    ref = state.lists[0]
+    assert len(store.get(ref.name)) == 7 + 24 + ref.vectors * (8 + 1 + 8)  # 8-byte PQ codes
+    index = load_index(store, KIND)
+    ann = load_ann(store, index.progress, KIND)
+    assert ann is not None
+    queries = clustered(5, 55_000)
+    scores, rows = ann.search(index.vectors, queries, 5, nprobe=16)
+    # Scores are exact inner products of the stored vectors (re-ranked), not PQ estimates.
+    for q, row_s, row_r in zip(queries, scores, rows, strict=True):
+        np.testing.assert_allclose(row_s, index.vectors[row_r] @ q, rtol=1e-5)
