@@ -166,6 +166,9 @@ def load_commit(
         raise StateError(
             f"{storage.describe()}: commits kept changing during {LOAD_ATTEMPTS} loads"
         )
+    for index in indexes.values():
+        if index.ids:
+            index.vector(index.ids[0])  # builds its id -> position map now, not on a query
     view = read_catalog_view(catalog)
     return LoadedCommit(
         progress=progress,

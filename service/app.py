@@ -179,7 +179,12 @@ def create_app(
         results = commit.search(kind, vector, k, brand)
         return {
             "results": [
-                {"id": r.id, "score": r.score, "brand": r.brand, "image_url": _shown_url(r)}
+                {
+                    "id": r.id,
+                    "score": r.score,
+                    "brand": r.brand,
+                    "image_url": _shown_url(r, commit.catalog.local_root),
+                }
                 for r in results
             ],
             "kind": kind,
@@ -307,13 +312,15 @@ def create_app(
     return app
 
 
-def _shown_url(result: Any) -> str | None:
+def _shown_url(result: Any, local_root: str | None) -> str | None:
+    """An http(s) image URL as it is; a local catalog's path as /images/{id}; else None (a
+    private-bucket object path, which this service does not sign)."""
     url = result.image_url
     if url is None:
         return None
     if url.lower().startswith(("http://", "https://")):
         return str(url)
-    return f"/images/{result.id}"  # a local catalog path: served by /images/{id}
+    return f"/images/{result.id}" if local_root is not None else None
 
 
 def _catalog_readable(settings: Settings) -> bool:
