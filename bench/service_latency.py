@@ -9,7 +9,10 @@ the same commit with application.searcher.load_commit. Then, interleaved query b
 same random ids (top 10, flat exact search): POST /search {"id"} with one keep-alive client vs
 LoadedCommit.search(kind, stored_vector(id)) called directly. Reported: p50/p99 of each and the
 ratio of the p50s (goal <= 1.3x), then requests/s with 8 concurrent HTTP clients for a few
-seconds (each its own connection), and the same with a brand filter.
+seconds (each its own connection), and the same with a brand filter. Last, a build commits
+10,000 more vectors: seconds from that commit to /health naming it (the poll is 2 s, so up to
+2 s of it is waiting for the poll), and the server's peak RSS (VmHWM) across the swap vs its
+resident set while serving before it (two commits at once at most: about 2x the vectors).
 """
 
 from __future__ import annotations
@@ -115,6 +118,46 @@ def throughput(url: str, seconds: float, body: dict[str, Any], ids: np.ndarray) 
     return sum(counts) / (time.perf_counter() - started)
 
 
+def _status_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure_reload(url: str, root: Path, pid: int, vectors: int, dim: int) -> dict[str, Any]:
+    """A build commits BATCH more vectors: seconds from that commit to /health naming it, and
+    the server's peak RSS across the swap vs its resident set while serving before it."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=60) as http:
+        before = http.get("/health").json()["commit"]
+        steady_mb = _status_mb(pid, "VmRSS")
+        config = BuildConfig(
+            "bench", "random-unit-vectors", {"color": dim}, shard_max_vectors=10_000
+        )
+        writer = IndexWriter.open(LocalStore(root), config, run_id="bench-service-reload")
+        block = np.random.default_rng(2).standard_normal((BATCH, dim), dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        ids: list[ProductId] = list(range(vectors + 1, vectors + BATCH + 1))
+        writer.add_batch(EmbeddedBatch(ids, [None] * BATCH, {"color": block}, last_id=ids[-1]))
+        writer.commit()
+        committed = time.perf_counter()
+        writer.finish()
+        while http.get("/health").json()["commit"] == before:
+            if time.perf_counter() - committed > 300:
+                raise SystemExit("the new commit was not served in 300 s")
+            time.sleep(0.01)
+        reload_s = time.perf_counter() - committed
+    peak_mb = _status_mb(pid, "VmHWM")
+    return {
+        "reload_s": round(reload_s, 2),
+        "server_steady_rss_mb": round(steady_mb),
+        "server_peak_rss_mb": round(peak_mb),
+        "swap_peak_over_steady": round(peak_mb / steady_mb, 2),
+    }
+
+
 def measure(vectors: int, dim: int, queries: int, seconds: float) -> dict[str, Any]:
     import httpx
 
@@ -168,6 +211,7 @@ def measure(vectors: int, dim: int, queries: int, seconds: float) -> dict[str, A
                 http_s, local_s = http_s[5:], local_s[5:]
             rps = throughput(url, seconds, {"k": K}, ids)
             rps_brand = throughput(url, seconds, {"k": K, "brand": "brand-3"}, ids)
+            reload = measure_reload(url, root, server.pid, vectors, dim)
         finally:
             server.terminate()
             server.wait(30)
@@ -184,6 +228,7 @@ def measure(vectors: int, dim: int, queries: int, seconds: float) -> dict[str, A
         "throughput_rps": round(rps, 1),
         "throughput_brand_rps": round(rps_brand, 1),
         "cores": os.cpu_count(),
+        **reload,
     }
     report["p50_ratio"] = round(report["http_p50_ms"] / report["inprocess_p50_ms"], 3)
     report["goal_met"] = report["p50_ratio"] <= GOAL
@@ -212,7 +257,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"service by id at {r['vectors']:,} x {r['dim']}-d: HTTP p50 {r['http_p50_ms']} ms "
         f"(p99 {r['http_p99_ms']}) vs in-process {r['inprocess_p50_ms']} ms (p99 "
         f"{r['inprocess_p99_ms']}) = {r['p50_ratio']}x (goal <= {GOAL}x); {CLIENTS} clients "
-        f"{r['throughput_rps']} req/s ({r['throughput_brand_rps']} with a brand filter)",
+        f"{r['throughput_rps']} req/s ({r['throughput_brand_rps']} with a brand filter); reload "
+        f"{r['reload_s']} s after a commit, peak RSS {r['server_peak_rss_mb']} MB vs steady "
+        f"{r['server_steady_rss_mb']} MB ({r['swap_peak_over_steady']}x)",
     )
 
 
