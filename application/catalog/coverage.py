@@ -38,7 +38,7 @@ def unindexed_below_cursor(
         if kp is None or kp.cursor is None:
             continue
         at_or_below = catalog.count_at_or_below(kp.cursor)
-        counts[kind] = max(0, at_or_below - kp.total_vectors - len(failed[kind]))
+        counts[kind] = max(0, at_or_below - kp.live_vectors - len(failed[kind]))
     return counts
 
 
