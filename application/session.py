@@ -78,6 +78,9 @@ class BuildSession:
     totals_at_start: dict[str, int]
     stats: BuildStats = field(default_factory=BuildStats)
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    #: When a kind gets an approximate index, and the recall it must reach to serve.
+    ann_min_vectors: int = 100_000
+    ann_min_recall: float = 0.95
 
     def room_left(self, batch_size: int, queued: int) -> int:
         """How many products the next page may hold under max_images, given `queued` in flight."""
@@ -140,6 +143,29 @@ class BuildSession:
         self.writer.finish()
         return summarize(self)
 
+    def update_ann(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """After the run's commits: train or extend each kind's approximate index, measure its
+        recall, commit it under the lease (sharding.ann). The summary gains `ann` (per kind what
+        it did); a kind whose index changed but missed the minimum recall is not served, and its
+        failed check is listed under `ann.failed` and in `warnings`."""
+        from sharding.ann import AnnConfig, update_ann
+
+        config = AnnConfig(min_vectors=self.ann_min_vectors, min_recall=self.ann_min_recall)
+        result: dict[str, Any] = {"kinds": {}, "failed": []}
+        for kind in self.kinds:
+            report = update_ann(
+                self.writer.storage, kind, config, run_id=self.run_id, guard=self.lease.verify
+            )
+            result["kinds"][kind] = report.as_dict()
+            if report.failed:
+                assert report.state is not None
+                result["failed"].append(
+                    f"ann {kind}: recall@10 {report.state.recall_at_10} < {config.min_recall} "
+                    f"even at nprobe {report.state.nprobe} of {report.state.nlist}: not served "
+                    "(search stays exact)"
+                )
+        return {**summary, "ann": result, "warnings": [*summary["warnings"], *result["failed"]]}
+
     def close(self) -> None:
         """Stop renewing and give the store back, so the next run need not wait for the expiry."""
         self.keeper.stop()
@@ -194,6 +220,8 @@ def open_session(
         max_images=embed.max_images,
         totals_at_start={kind: writer.progress.total_vectors(kind) for kind in embed.kinds},
         max_in_flight=embed.max_in_flight or calls_to_fill(backend),
+        ann_min_vectors=settings.store.ann_min_vectors,
+        ann_min_recall=settings.store.ann_min_recall,
     )
 
 

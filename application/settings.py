@@ -47,6 +47,18 @@ class StoreSettings(BaseSettings):
     crash_after_writes: int | None = Field(
         None, description="Testing hook: raise after this many storage writes."
     )
+    ann_min_vectors: int = Field(
+        100_000,
+        ge=0,
+        description="Build and maintain an approximate (IVF) index for a kind above this many "
+        "live vectors.",
+    )
+    ann_min_recall: float = Field(
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description="Serve the approximate index only at or above this recall@10 (else exact).",
+    )
 
 
 class CatalogSettings(BaseSettings):

@@ -28,6 +28,7 @@ from tasks.build import (
     release_lease,
     retry_batch,
     start_build,
+    update_ann,
 )
 from tasks.config import check_deployment_settings
 from tasks.sync import sync_catalog
@@ -106,6 +107,7 @@ def build_index(
             _retry_failures(session, settings.embed.batch_size)
         _run_batches(session, settings.embed.batch_size, session.max_in_flight)
         summary = finish_build(session)
+        summary = update_ann(session, summary)
         summary["sync"] = sync
     finally:
         release_lease(session)

@@ -91,6 +91,12 @@ def finish_build(session: BuildSession) -> dict[str, Any]:
     return session.finish()
 
 
+@task(name="update-ann", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
+def update_ann(session: BuildSession, summary: dict[str, Any]) -> dict[str, Any]:
+    """Train or extend each kind's approximate index, measure recall, commit it (under the lease)."""
+    return session.update_ann(summary)
+
+
 @task(name="release-lease", **_TASK_OPTIONS)
 def release_lease(session: BuildSession) -> None:
     """Stop renewing and give the store back."""

@@ -1,0 +1,89 @@
+"""The build's update-ann step (BuildSession.update_ann): trains the approximate index past the
+minimum, adds list objects for newly sealed shards on the next run, and reports a recall that
+misses the minimum as a failed check (not served)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from application.session import BuildSession, open_session
+from application.settings import load_settings
+from modal_workers.types import EmbedOutput
+from sharding import LocalStore, read_progress
+from tests.sharding.test_ann import DIM, clustered
+
+
+class ClusteredBackend:
+    """CLIP-like vectors (clustered unit vectors) for each product id, no images fetched."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"embedder": "histogram", "model": "histogram-v1", "dims": {"color": DIM}}
+
+    def embed(self, refs: list[Any], kinds: list[str], limits: Any) -> EmbedOutput:
+        ids = [ref.id for ref in refs]
+        vectors = np.concatenate([clustered(1, int(i)) for i in ids]) if ids else np.zeros((0, DIM))
+        return EmbedOutput(ids=ids, vectors={"color": vectors.astype(np.float32)}, failures=[])
+
+
+def _catalog(path: Path, n: int) -> Path:
+    rows = "".join(f"{i},https://img.example/{i}.jpg,b{i % 3}\n" for i in range(1, n + 1))
+    path.write_text("id,image_url,brand\n" + rows)
+    return path
+
+
+def _run(
+    tmp_path: Path, n: int, minimum: float | None = None, **overrides: object
+) -> tuple[dict[str, Any], BuildSession]:
+    settings = load_settings(
+        store=str(tmp_path / "store"),
+        catalog=str(_catalog(tmp_path / "catalog.csv", n)),
+        kinds=("color",),
+        embedder="histogram",
+        batch_size=500,
+        shard_max_vectors=500,
+        ann_min_vectors=1000,
+        **overrides,
+    )
+    session = open_session(settings, "run", backend=ClusteredBackend())
+    if minimum is not None:
+        session.ann_min_recall = minimum
+    try:
+        after = session.resume_after()
+        while products := session.fetch_page(after, 500):
+            output = session.embed(products)
+            session.append(products, output)
+            session.commit(products, output)
+            after = products[-1].id
+        summary = session.finish()
+        return session.update_ann(summary), session
+    finally:
+        session.close()
+
+
+def test_the_build_trains_then_extends_the_approximate_index(tmp_path: Path) -> None:
+    summary, _ = _run(tmp_path, 900)
+    assert summary["ann"]["kinds"]["color"]["action"] == "none"  # 900 <= 1000
+    summary, _ = _run(tmp_path, 2600)
+    color = summary["ann"]["kinds"]["color"]
+    assert color["action"] == "trained" and color["shards"] == 5 and color["serving"]
+    assert color["recall_at_10"] >= 0.95 and summary["ann"]["failed"] == []
+    summary, _ = _run(tmp_path, 3100)
+    color = summary["ann"]["kinds"]["color"]
+    assert color["action"] == "added" and color["objects_written"] == 1 and color["shards"] == 6
+    progress = read_progress(LocalStore(tmp_path / "store"))
+    assert progress is not None and progress.ann["color"].vectors == 3000
+
+
+def test_a_recall_below_the_minimum_is_a_failed_check_and_not_served(tmp_path: Path) -> None:
+    # Settings stop at 1.0, which an exhaustive IVFFlat reaches; the session takes any minimum.
+    summary, _ = _run(tmp_path, 2600, ann_min_recall=1.0, minimum=1.01)
+    color = summary["ann"]["kinds"]["color"]
+    assert not color["serving"] and color["nprobe"] == color["nlist"]
+    assert summary["ann"]["failed"] == [
+        f"ann color: recall@10 {color['recall_at_10']} < 1.01 even at nprobe {color['nlist']} of "
+        f"{color['nlist']}: not served (search stays exact)"
+    ]
+    assert summary["warnings"] == summary["ann"]["failed"]
