@@ -1,5 +1,8 @@
 """One commit of a store loaded in memory and searchable: by id, by a query vector, by brand.
 
+A kind with a serving approximate index (sharding.ann: IVF lists over the sealed shards plus an
+exact scan of the rest) is searched through it; other kinds by the exact flat scan.
+
 The HTTP service (service/) keeps one `LoadedCommit` per commit it serves; the CLI's
 `search` (application.queries) shares the query-vector helpers. Read-only: nothing here writes.
 
@@ -66,6 +69,8 @@ class LoadedCommit:
     catalog: CatalogView
     #: kind -> brand -> positions (int64, ascending) of that brand's vectors in the kind's array.
     brand_positions: dict[str, dict[str, np.ndarray]]
+    #: kind -> its serving approximate index (sharding.ann.LoadedAnn), for kinds that have one.
+    approximate: dict[str, Any] = field(default_factory=dict)
 
     @property
     def commit_seq(self) -> int:
@@ -97,27 +102,42 @@ class LoadedCommit:
         """The k nearest products (inner product); with `brand`, the k nearest of that brand."""
         index = self.index(kind)
         query = np.ascontiguousarray(np.atleast_2d(vector), dtype=np.float32)
-        if brand is None:
+        if query.shape[1] != index.dim:
+            raise ValueError(f"queries have dimension {query.shape[1]}, index {index.dim}")
+        ann = self.approximate.get(kind)
+        if ann is not None and k >= 1 and index.ntotal:
+            rows = None if brand is None else self._brand_rows(index, brand)
+            if rows is not None and len(rows) == 0:
+                return []
+            scores, found = ann.search(index.vectors, query, min(k, index.ntotal), rows=rows)
+            hits = [
+                (index.ids[int(r)], float(score))
+                for score, r in zip(scores[0], found[0], strict=True)
+                if r >= 0
+            ]
+        elif brand is None:
             hits = [(hit.id, hit.score) for hit in index.search(query, k)[0]]
         else:
             hits = self._search_brand(index, query, k, brand)
         return [self._result(pid, score) for pid, score in hits]
 
-    def _search_brand(
-        self, index: ShardedIndex, query: np.ndarray, k: int, brand: str
-    ) -> list[tuple[Any, float]]:
-        import faiss
-
+    def _brand_rows(self, index: ShardedIndex, brand: str) -> np.ndarray:
         if not self.catalog.available:
             raise UsageError(
                 "brand filter: the service has no catalog to read brands from "
                 "(set --catalog / FAISS_BUILDER_CATALOG)"
             )
         positions = self.brand_positions[index.kind].get(brand)
-        if positions is None or len(positions) == 0 or k < 1:
+        return np.zeros(0, np.int64) if positions is None else positions
+
+    def _search_brand(
+        self, index: ShardedIndex, query: np.ndarray, k: int, brand: str
+    ) -> list[tuple[Any, float]]:
+        import faiss
+
+        positions = self._brand_rows(index, brand)
+        if len(positions) == 0 or k < 1:
             return []
-        if query.shape[1] != index.dim:
-            raise ValueError(f"queries have dimension {query.shape[1]}, index {index.dim}")
         subset = index.vectors[positions]  # gathered per query: cost ~ the brand's size
         scores, found = faiss.knn(
             query, subset, min(k, len(positions)), metric=faiss.METRIC_INNER_PRODUCT
@@ -173,11 +193,20 @@ def load_commit(
     return LoadedCommit(
         progress=progress,
         indexes=indexes,
+        approximate=_approximate(storage, indexes),
         catalog=view,
         brand_positions={
             kind: _positions_by_brand(index.ids, view) for kind, index in indexes.items()
         },
     )
+
+
+def _approximate(storage: Storage, indexes: dict[str, ShardedIndex]) -> dict[str, Any]:
+    """The serving approximate index of each kind that has one (sharding.ann), same commit."""
+    from sharding.ann import load_ann
+
+    loaded = {kind: load_ann(storage, index.progress, kind) for kind, index in indexes.items()}
+    return {kind: ann for kind, ann in loaded.items() if ann is not None}
 
 
 def read_catalog_view(catalog: Catalog | None) -> CatalogView:

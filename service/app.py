@@ -202,6 +202,7 @@ def create_app(
             "embedder": commit.progress.embedder,
             "model": commit.progress.model,
             "catalog": commit.catalog.available,
+            "approximate": sorted(commit.approximate),
             "reload_error": index.last_error,
         }
 
