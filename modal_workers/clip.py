@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,7 +69,8 @@ class ClipEmbedder(SquareCropEmbedder):
         the same space as the colour view, so a text vector searches the `color` index."""
         if not texts:
             return np.zeros((0, self.dims["color"]), np.float32)
-        tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        with self._tokenizer_lock:  # a fast tokenizer's padding state is not thread-safe
+            tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         output = self.model.get_text_features(
             input_ids=tokens["input_ids"].to(self.device),
             attention_mask=tokens["attention_mask"].to(self.device),
@@ -76,6 +78,10 @@ class ClipEmbedder(SquareCropEmbedder):
         features = output.pooler_output if hasattr(output, "pooler_output") else output
         features = torch.nn.functional.normalize(features.float(), dim=-1, eps=1e-12)
         return features.cpu().numpy().astype(np.float32)
+
+    @functools.cached_property
+    def _tokenizer_lock(self) -> threading.Lock:
+        return threading.Lock()
 
     @functools.cached_property
     def tokenizer(self) -> Any:

@@ -249,3 +249,23 @@ def test_text_scores_are_cosines_with_the_stored_vectors(
     for hit in body["results"]:
         expected = float(np.dot(index.vector(hit["id"]), text_vector))
         assert hit["score"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_concurrent_text_queries_all_answer_the_same(clip_service: Running) -> None:
+    """Eight clients at once through one model and one tokenizer: every answer is the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    def ask(_: int) -> tuple[int, list]:
+        with httpx.Client(base_url=clip_service.url, timeout=60) as client:
+            response = client.post("/search", json={"text": "red leather bag", "k": 5})
+            return response.status_code, response.json().get("results", [])
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(32)))
+    assert {status for status, _ in answers} == {200}
+    first = answers[0][1]
+    assert all(
+        [hit["id"] for hit in results] == [hit["id"] for hit in first] for _, results in answers
+    )
