@@ -12,7 +12,9 @@ What a nightly build does first (flows/build_index.py, task `sync-catalog`):
    committed, so each change is applied once. Rows above every cursor are left to the append
    pass, which reads them anyway.
 2. **Hard deletes.** A catalog that lists its ids cheaply (a local file: `ids()`) is compared
-   with the store's live ids; live ids the file no longer has (or soft-deleted ones) die.
+   with the store's live ids at every sync; live ids the file no longer has (or soft-deleted
+   ones) die. A table (Supabase) is compared only when asked (`reconcile`): its `all_ids()` is
+   a keyset pass over the id column alone (about 1,000 ids a request).
 3. A store that never synced starts following the catalog from its latest change (the append
    pass covers everything above the cursor); it does not re-embed the catalog.
 
@@ -46,13 +48,15 @@ class SyncStats:
     soft_deleted: int = 0
     hard_deleted: int = 0
     failed: int = 0
+    reconciled: bool = False  # the catalog's ids were compared with the store's live ids
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def sync_catalog(session: BuildSession, batch_size: int) -> SyncStats:
-    """Apply the catalog's changes since the store's sync position, then its hard deletes."""
+def sync_catalog(session: BuildSession, batch_size: int, *, reconcile: bool = False) -> SyncStats:
+    """Apply the catalog's changes since the store's sync position, then its hard deletes
+    (a local file's at every sync; a table's with `reconcile`)."""
     stats = SyncStats()
     catalog, writer = session.catalog, session.writer
     if isinstance(catalog, ChangeFeed):
@@ -71,7 +75,10 @@ def sync_catalog(session: BuildSession, batch_size: int) -> SyncStats:
                 writer.set_sync_position(after_time, after_id)
                 writer.commit()
     ids = getattr(catalog, "ids", None)
+    if ids is None and reconcile:
+        ids = getattr(catalog, "all_ids", None)
     if ids is not None and any(writer.progress.total_vectors(k) for k in session.kinds):
+        stats.reconciled = True
         present = set(ids())
         for kind in session.kinds:
             killed = writer.delete(writer.live_ids(kind) - present)

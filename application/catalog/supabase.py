@@ -179,8 +179,11 @@ class SupabaseCatalog:
         return self._change_columns
 
     def _changed(self, query: Any) -> list[Product]:
+        rows = self._rows(query)
+        if not self._change_columns:
+            return [self.columns.to_product(row, self.table) for row in rows]
         products = []
-        for row in self._rows(query):
+        for row in rows:
             product = self.columns.to_product(row, self.table)
             stamp = row.get(self.updated_column)
             products.append(
@@ -287,11 +290,15 @@ class SupabaseCatalog:
             query = query.gt(self.columns.id, after)
         return self._execute(query.order(self.columns.id).limit(rows))
 
-    def _select(self, extra: Sequence[str] = ()) -> Any:
+    def _select(self, extra: Sequence[str] | None = None) -> Any:
+        """The product columns and, unless told otherwise, the change columns the table has
+        (so pages and gets know a soft-deleted row: the build skips it)."""
+        if extra is None:
+            extra = self._changes_columns()
         return self.client.table(self.table).select(",".join([*self.columns, *extra]))
 
     def _execute(self, query: Any) -> list[Product]:
-        return [self.columns.to_product(row, self.table) for row in self._rows(query)]
+        return self._changed(query)
 
     def _rows(self, query: Any) -> list[dict[str, Any]]:
         data = self._run(query).data

@@ -84,6 +84,7 @@ def test_the_first_build_starts_following_and_the_next_applies_each_change(synce
         "soft_deleted": 1,
         "hard_deleted": 1,
         "failed": 1,
+        "reconciled": True,  # a local file's ids are compared at every build
     }
     store = LocalStore(synced["store"])
     for kind in ("color", "structure"):

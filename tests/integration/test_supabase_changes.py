@@ -4,12 +4,19 @@ reconciliation pass, and the migration's index."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
+import numpy as np
 import pytest
 
 from application.catalog.base import ChangeFeed, Product, ProductId, canonical_time
 from application.catalog.supabase import SupabaseCatalog
+from application.sync import sync_catalog
+from sharding import BuildConfig, EmbeddedBatch, IndexWriter, LocalStore
 from tests.support.postgrest_stack import SupabaseStack
 
 T0 = "2026-11-30T02:00:00Z"
@@ -68,6 +75,8 @@ def test_changes_since_a_watermark_in_keyset_order_with_soft_deletes_and_low_ins
     latest = catalog.latest_change()
     assert latest is not None and latest[1] == 17
     assert catalog.changed_since(*latest, 100) == []  # nothing changed after the last one
+    # Pages carry the soft delete too: the append pass must not index row 5 either.
+    assert [(p.id, p.deleted) for p in catalog.page(4, 2)] == [(5, True), (6, False)]
     ids = list(catalog.all_ids())
     assert len(ids) == ROWS and ids[0] == 0 and 5 not in ids  # soft-deleted: not live
 
@@ -96,3 +105,31 @@ def test_a_table_without_change_columns_reports_no_changes(
     assert catalog.latest_change() is None and catalog.changed_since(None, None, 10) == []
     assert [p.id for p in catalog.page(None, 10)] == [1]
     supabase_stack.sql("drop table product_images_plain")
+
+
+def test_reconcile_finds_hard_deletes_by_an_ids_only_keyset_pass(
+    supabase_stack: SupabaseStack, table: str, tmp_path: Path
+) -> None:
+    catalog = SupabaseCatalog(supabase_stack.client(), table=table)
+    writer = IndexWriter.open(
+        LocalStore(tmp_path), BuildConfig("t", "t", {"color": 4}), run_id="build"
+    )
+    after: ProductId | None = None
+    while page := catalog.page(after, 5000):
+        ids = [p.id for p in page if not p.deleted]  # as the build does: 5 is soft-deleted
+        vectors = np.tile(np.array([1, 0, 0, 0], np.float32), (len(ids), 1))
+        writer.add_batch(
+            EmbeddedBatch(ids, [None] * len(ids), {"color": vectors}, last_id=page[-1].id)
+        )
+        writer.commit()
+        after = page[-1].id
+    supabase_stack.sql(f"delete from {table} where id in (10, 11, 12)")
+    session = SimpleNamespace(catalog=catalog, writer=writer, kinds=["color"], embed=None)
+    plain = sync_catalog(cast(Any, session), 1000)
+    assert not plain.reconciled and plain.hard_deleted == 0  # a table is compared only when asked
+    started = time.perf_counter()
+    stats = sync_catalog(cast(Any, session), 1000, reconcile=True)
+    seconds = time.perf_counter() - started
+    assert stats.reconciled and stats.hard_deleted == 3
+    assert not {10, 11, 12} & writer.live_ids("color") and 13 in writer.live_ids("color")
+    print(f"reconcile: {len(writer.live_ids('color'))} live ids compared in {seconds:.2f} s")
