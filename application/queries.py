@@ -19,8 +19,13 @@ def search_store(
     image: str | None,
     product_id: str | None,
     text: str | None = None,
+    exact: bool = False,
 ) -> dict[str, Any]:
-    """Top-k neighbours of an indexed product (its stored vector), a query image or a text."""
+    """Top-k neighbours of an indexed product (its stored vector), a query image or a text.
+
+    A kind with a serving approximate index (sharding.ann) is searched through it unless
+    `exact`; the result's `method` says which (`ivf` or `exact`)."""
+    from sharding.ann import load_ann
     from sharding.loader import load_index
     from sharding.state import require_progress
 
@@ -38,13 +43,21 @@ def search_store(
     else:
         assert image is not None
         vector, query = _embed_query(settings, progress, kind, image), image
-    hits = index.search(vector.reshape(1, -1), k)[0]
-    brands = _brands(settings, [hit.id for hit in hits])
+    ann = None if exact or not index.ntotal else load_ann(storage, index.progress, kind)
+    if ann is not None:
+        scores, rows = ann.search(index.vectors, vector.reshape(1, -1), min(k, index.ntotal))
+        pairs = [
+            (index.ids[r], float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0
+        ]
+    else:
+        pairs = [(h.id, float(h.score)) for h in index.search(vector.reshape(1, -1), k)[0]]
+    brands = _brands(settings, [pid for pid, _ in pairs])
     return {
         "kind": kind,
         "query": query,
         "embedder": f"{progress.embedder} ({progress.model})",
-        "hits": [{"id": h.id, "score": float(h.score), "brand": brands.get(h.id)} for h in hits],
+        "method": "exact" if ann is None else "ivf",
+        "hits": [{"id": pid, "score": score, "brand": brands.get(pid)} for pid, score in pairs],
     }
 
 
@@ -74,6 +87,8 @@ def store_status(
         "shard_max_vectors": progress.shard_max_vectors,
         "shard_max_bytes": progress.shard_max_bytes,
         "kinds": {kind: _kind_status(kp) for kind, kp in progress.kinds.items()},
+        # Approximate indexes (sharding.ann): type, nlist, nprobe, recall_at_10, vectors, ...
+        "ann": {kind: ann_status(state) for kind, state in progress.ann.items()},
         "failed_count": progress.failures.total,
     }
     failures = list_failures(storage, progress) if include_failures or with_catalog else []
@@ -89,6 +104,12 @@ def store_status(
         result["unindexed_below_cursor"] = counts
         result["warnings"] = [m for m in [unreachable_message(counts)] if m]
     return result
+
+
+def ann_status(state: Any) -> dict[str, Any]:
+    from sharding.ann import status
+
+    return status(state)
 
 
 def _kind_status(kp: Any) -> dict[str, Any]:

@@ -138,6 +138,10 @@ def search(
     catalog: CatalogOpt = None,
     allow_private_urls: PrivateOpt = None,
     as_json: JsonOpt = False,
+    exact: Annotated[
+        bool,
+        typer.Option("--exact", help="Exact flat search even where an approximate index serves"),
+    ] = False,
 ) -> None:
     """Find the products most similar to an image, an indexed product or a text."""
     with _errors_to_exit_codes():
@@ -147,7 +151,7 @@ def search(
 
         settings = _settings(store=store, catalog=catalog, allow_private_urls=allow_private_urls)
         result = search_store(
-            settings, kind=kind, k=k, image=image, product_id=product_id, text=text
+            settings, kind=kind, k=k, image=image, product_id=product_id, text=text, exact=exact
         )
         _emit(result, as_json, _render_search)
 
@@ -312,6 +316,12 @@ def _render_status(result: dict[str, Any]) -> str:
         f"  {kind:<10} {info['vectors']} vectors in {info['shards']} shard(s), dim {info['dim']}, "
         f"cursor {info['cursor']!r}"
         for kind, info in result["kinds"].items()
+    ]
+    lines += [
+        f"  {kind:<10} approximate index {a['type']} g{a['generation']}: nlist {a['nlist']}, "
+        f"nprobe {a['nprobe']}, recall@10 {a['recall_at_10']}, {a['vectors']} vectors, "
+        + ("serving" if a["serving"] else "not serving (search is exact)")
+        for kind, a in result.get("ann", {}).items()
     ]
     lines.append(f"  failed products: {result['failed_count']}")
     lines += [f"  warning: {warning}" for warning in result.get("warnings", [])]

@@ -87,3 +87,37 @@ def test_a_recall_below_the_minimum_is_a_failed_check_and_not_served(tmp_path: P
         f"{color['nlist']}: not served (search stays exact)"
     ]
     assert summary["warnings"] == summary["ann"]["failed"]
+
+
+def test_search_uses_the_approximate_index_unless_exact_and_status_shows_it(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from faiss_builder.cli import app as cli
+
+    _run(tmp_path, 2600)
+    store = str(tmp_path / "store")
+    catalog = str(tmp_path / "catalog.csv")
+    runner = CliRunner()
+    args = ["search", "--store", store, "--catalog", catalog, "--id", "77", "-k", "10", "--json"]
+    approx = json.loads(runner.invoke(cli, args).stdout)
+    exact = json.loads(runner.invoke(cli, [*args, "--exact"]).stdout)
+    assert approx["method"] == "ivf" and exact["method"] == "exact"
+    assert approx["hits"][0]["id"] == exact["hits"][0]["id"] == 77
+    assert len(approx["hits"]) == 10 and approx["hits"][0]["brand"] == "b2"
+    shared = {h["id"] for h in approx["hits"]} & {h["id"] for h in exact["hits"]}
+    assert len(shared) >= 8  # one query; the committed recall@10 is over 200
+    result = runner.invoke(cli, ["status", "--store", store, "--json"])
+    ann = json.loads(result.stdout)["ann"]["color"]
+    assert {k: ann[k] for k in ("type", "nlist", "vectors", "serving")} == {
+        "type": "IVFFlat",
+        "nlist": 62,  # 2500 // 40 training vectors per list
+        "vectors": 2500,
+        "serving": True,
+    }
+    assert ann["recall_at_10"] >= 0.95 and 1 <= ann["nprobe"] <= 62
+    text = runner.invoke(cli, ["status", "--store", store]).stdout
+    assert "approximate index IVFFlat g1: nlist 62" in text and "serving" in text
