@@ -382,9 +382,11 @@ def _measure(
     index: faiss.IndexIVF,
     state: AnnState,
     config: AnnConfig,
+    fixed_nprobe: int | None = None,
 ) -> AnnState:
     """recall@10 of the lists against exact search over the same live vectors, on a sample of
-    them as queries; nprobe doubles (up to nlist) until it reaches config.min_recall."""
+    them as queries; nprobe doubles (up to nlist) until it reaches config.min_recall (or, with
+    `fixed_nprobe`, is measured at that nprobe alone)."""
     covered = [_live_rows(storage, kind, dim, s, mask) for s in shards]
     slots = np.concatenate([s for s, _ in covered]) if covered else np.zeros(0, np.int64)
     vectors = np.concatenate([v for _, v in covered]) if covered else np.zeros((0, dim), "f4")
@@ -396,7 +398,7 @@ def _measure(
     k = min(K, len(slots))
     _, exact = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
     truth = slots[exact]
-    nprobe = min(state.nlist, config.first_nprobe)
+    nprobe = fixed_nprobe or min(state.nlist, config.first_nprobe)
     while True:
         found = search_lists(
             index,
@@ -407,7 +409,7 @@ def _measure(
             vectors_of=_lookup(slots, vectors),
         )[1]
         recall = recall_at(truth, found)
-        if recall >= config.min_recall or nprobe >= state.nlist:
+        if fixed_nprobe or recall >= config.min_recall or nprobe >= state.nlist:
             break
         nprobe = min(state.nlist, nprobe * 2)
     return state.model_copy(
@@ -594,3 +596,68 @@ def load_ann(storage: Storage, progress: Progress, kind: str) -> LoadedAnn | Non
     dead = np.asarray(sorted(dead_slots(storage, kp)), dtype=np.int64)
     live = np.flatnonzero(live_mask(kp.total_vectors, dead.tolist())).astype(np.int64)
     return LoadedAnn(state, index, live, dead[dead < covered], covered)
+
+
+def check_ann(storage: Storage, progress: Progress, kind: str) -> list[tuple[str, str]]:
+    """(code, message) for each way a kind's committed approximate index is wrong: a trained or
+    list object that does not match its sha256 or cannot be read, a live slot of the listed
+    shards in no list or in two, an entry outside them, counts that disagree, and the recall
+    sample re-measured at the committed nprobe more than 0.02 below the committed figure."""
+    state = progress.ann.get(kind)
+    if state is None:
+        return []
+    kp = progress.kinds[kind]
+    problems: list[tuple[str, str]] = []
+    try:
+        index = _read_trained(storage, state)
+        lists = read_lists(storage, state)
+    except (StateError, RuntimeError) as exc:
+        return [("ann_object", str(exc))]
+    if index.nlist != state.nlist or index.d != kp.dim:
+        problems.append(("ann_object", f"{state.trained}: nlist {index.nlist}, d {index.d}"))
+    shards = [s for s in _sealed(storage, progress, kind) if s.record.number <= state.shards]
+    if len(shards) != state.shards:
+        problems.append(("ann_lists", f"{state.shards} shards listed, {len(shards)} sealed"))
+    mask = live_mask(kp.total_vectors, dead_slots(storage, kp))
+    covered = np.zeros(kp.total_vectors, dtype=np.int64)
+    for shard, slots, _ in lists:
+        record = next((s for s in shards if s.record.number == shard), None)
+        if record is None or (
+            len(slots)
+            and (slots.min() < record.start or slots.max() >= record.start + record.record.vectors)
+        ):
+            problems.append(("ann_lists", f"shard {shard}'s list holds slots outside the shard"))
+            continue
+        np.add.at(covered, slots, 1)
+    end = sum(s.record.vectors for s in shards)
+    missing = np.flatnonzero(mask[:end] & (covered[:end] == 0))
+    twice = np.flatnonzero(covered > 1)
+    if len(missing):
+        problems.append(("ann_lists", f"live slots {missing[:5].tolist()} are in no list"))
+    if len(twice):
+        problems.append(("ann_lists", f"slots {twice[:5].tolist()} are in more than one list"))
+    if sum(len(slots) for _, slots, _ in lists) != state.vectors:
+        problems.append(
+            ("ann_lists", f"the lists hold {int(covered.sum())}, vectors says {state.vectors}")
+        )
+    if not problems and state.recall_at_10 is not None:
+        full = assemble(index, lists)
+        measured = _measure(
+            storage,
+            kind,
+            kp.dim,
+            shards,
+            mask,
+            full,
+            state,
+            AnnConfig(recall_queries=state.recall_queries),
+            fixed_nprobe=state.nprobe,
+        ).recall_at_10
+        if measured is not None and measured < state.recall_at_10 - 0.02:
+            problems.append(
+                (
+                    "ann_recall",
+                    f"recall@10 at nprobe {state.nprobe} is {measured}, committed {state.recall_at_10}",
+                )
+            )
+    return problems

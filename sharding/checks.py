@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from sharding import names
+from sharding.ann import check_ann, committed_ann_objects, parse_ann_name
 from sharding.codec import ProductId, decode_ids, decode_index, index_vectors
 from sharding.digests import match_committed
 from sharding.errors import ObjectNotFound, StateError
@@ -136,6 +137,8 @@ def check_store(
             report.add(kind, "unknown_kind", f"kind {kind!r} was never committed")
             continue
         _check_kind(storage, progress, kind, report, workers, norm_tolerance)
+        for code, message in check_ann(storage, progress, kind):  # the approximate index
+            report.add(kind, code, message)
     _check_failures(storage, progress, report)
     _check_objects(storage.list(), progress, [k for k in wanted if k in progress.kinds], report)
     return report
@@ -384,7 +387,13 @@ def _check_objects(
 ) -> None:
     """Objects no commit names: leftovers of a crashed run are warnings, never failures."""
     leftovers = set(uncommitted_objects(listed, progress, kinds))
+    ann_named = committed_ann_objects(progress)
     for name in listed:
+        ann = parse_ann_name(name)
+        if ann is not None and ann[0] in kinds:  # sharding.ann's objects
+            if name not in ann_named:
+                report.add(ann[0], "uncommitted_object", f"{name} is named by no commit", "warning")
+            continue
         parsed = names.parse(name)
         if name in (names.PROGRESS, names.LEASE, names.LAST_COMMIT) or (
             parsed and parsed.kind not in (None, *kinds)

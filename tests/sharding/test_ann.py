@@ -241,3 +241,30 @@ def test_ivfpq_is_chosen_from_its_size_and_re_ranked_exactly() -> None:
     # Scores are exact inner products of the stored vectors (re-ranked), not PQ estimates.
     for q, row_s, row_r in zip(queries, scores, rows, strict=True):
         np.testing.assert_allclose(row_s, index.vectors[row_r] @ q, rtol=1e-5)
+
+
+def _problems(store: MemoryStore) -> list[tuple[str, str]]:
+    from sharding import check_store
+
+    return [(p.code, p.severity) for p in check_store(store).problems]
+
+
+def test_check_verifies_the_approximate_index() -> None:
+    store = MemoryStore()
+    build(store, 1, 3000)
+    state = update_ann(store, KIND, ANN, run_id="ann").state
+    assert state is not None
+    assert _problems(store) == []
+    good = store.get(state.lists[2].name)
+
+    store.put(state.lists[2].name, good[:-1] + bytes([good[-1] ^ 1]))  # one code byte flipped
+    assert ("ann_object", "error") in _problems(store)
+    store.put(state.lists[2].name, good)
+
+    progress = read_progress(store)
+    assert progress is not None
+    dropped = progress.ann[KIND].model_copy(update={"lists": progress.ann[KIND].lists[1:]})
+    store.put("progress.json", progress.model_copy(update={"ann": {KIND: dropped}}).to_bytes())
+    found = _problems(store)
+    assert ("ann_lists", "error") in found  # shard 1's live slots are in no list
+    assert ("uncommitted_object", "warning") in found  # its list object is named by no commit
