@@ -143,6 +143,17 @@ def _fleet_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _ann_rows(r: dict[str, Any]) -> list[Row]:
+    measured = (
+        f"recall@10 {r['heldout_recall_at_10']} (committed {r['committed_recall_at_10']}), "
+        f"single-query p99 {r['ann_p99_ms']} ms vs exact {r['exact_p99_ms']} ms ({r['type']}, "
+        f"nlist {r['nlist']}, nprobe {r['nprobe']}, {r['vectors']:,} x {r['dim']}-d); build "
+        f"{r['build_s']} s, one-shard update {r['update_s']} s / {r['update_bytes_written']:,} B; "
+        f"{r['ann_over_flat_bytes']}x flat bytes; peak RSS {r['peak_rss_mb']:.0f} MiB"
+    )
+    return [("10 approximate index", measured, "recall >= 0.95, p99 <= 5 ms", r["goal_met"])]
+
+
 def _service_rows(r: dict[str, Any]) -> list[Row]:
     measured = (
         f"{r['p50_ratio']:.2f}x (HTTP p50 {r['http_p50_ms']} ms, p99 {r['http_p99_ms']} ms vs "
@@ -163,6 +174,7 @@ BENCHES = [
     Bench("gpu_feed", [], ["--quick"], _feed_rows),
     Bench("fleet", [], ["--quick"], _fleet_rows),
     Bench("service_latency", [], ["--quick"], _service_rows),
+    Bench("ann", [], ["--quick"], _ann_rows),
 ]
 
 

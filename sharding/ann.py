@@ -136,6 +136,7 @@ def new_index(dim: int, nlist: int, pq_m: int) -> faiss.IndexIVF:
     index: faiss.IndexIVF
     if pq_m:
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.pq.cp.niter = 10  # 64 k-means of 256 centroids: 25 rounds (the default) take 2.5x
     else:
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.own_fields = True
@@ -288,7 +289,8 @@ def update_ann(
         lists: list[AnnList] = []
         committed_lists: list[tuple[int, np.ndarray, np.ndarray]] = []
     else:
-        if not new:
+        if not new:  # a crash after the last commit may have left objects it no longer names
+            _delete_unnamed(storage, kind, progress)
             return AnnReport(kind, "unchanged", "no newly sealed shard", state)
         index = _read_trained(storage, state)
         action = "added"

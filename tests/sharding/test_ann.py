@@ -170,19 +170,28 @@ def test_drift_by_distance() -> None:
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_a_crash_at_every_write_of_an_update_resumes_to_the_same_state(when: str) -> None:
+@pytest.mark.parametrize(("grow", "seed", "writes"), [(1000, 0, 4), (2500, 5, 13)])
+def test_a_crash_at_every_write_of_an_update_resumes_to_the_same_state(
+    when: str, grow: int, seed: int, writes: int
+) -> None:
+    """An update that adds two shards (4 writes), and a retrain to generation 2 (the trained
+    index, 10 list objects, progress.json, last_commit.json): killed at every write, the
+    previous generation serves until the commit and the next build reaches the same state."""
+
+    start = MemoryStore()
+    build(start, 1, 2500)
+    update_ann(start, KIND, ANN, run_id="g1")
+    build(start, 2501, grow, seed=seed)
+
     def base() -> MemoryStore:
         store = MemoryStore()
-        build(store, 1, 2500)
-        update_ann(store, KIND, ANN, run_id="g1")
-        build(store, 2501, 1000)
+        store.objects = dict(start.objects)  # bytes are immutable: a shallow copy is a copy
         return store
 
     reference = base()
     update_ann(reference, KIND, ANN, run_id="g2")
     want = read_progress(reference)
     assert want is not None
-    writes = 0
     n = 1
     while True:
         store = base()
@@ -195,6 +204,8 @@ def test_a_crash_at_every_write_of_an_update_resumes_to_the_same_state(when: str
             assert now is not None and before is not None
             if now.commit_seq == before.commit_seq:  # not committed: the old state serves
                 assert now.ann == before.ann and load_ann(store, now, KIND) is not None
+            else:  # committed: the new generation serves, whole
+                assert now.ann == want.ann
             update_ann(store, KIND, ANN, run_id="g2")  # the next build
             got = read_progress(store)
             assert got is not None and got.ann == want.ann
@@ -202,9 +213,9 @@ def test_a_crash_at_every_write_of_an_update_resumes_to_the_same_state(when: str
             assert read_lists(store, got.ann[KIND])
             n += 1
             continue
-        writes = crashing.writes
         break
-    assert writes == 4 and n == 5  # two list objects, progress.json, last_commit.json
+    assert crashing.writes == writes and n == writes + 1
+    assert want.ann[KIND].generation == (2 if seed else 1)
 
 
 def test_objects_stay_under_a_small_shard_limit() -> None:
