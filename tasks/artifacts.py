@@ -96,4 +96,18 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"failed: {summary['failed']}; skipped (already indexed): {summary['skipped']}",
         f"Throughput: {summary['images_per_s']} images/s over {summary['elapsed_s']} s",
     ]
+    ann = summary.get("ann", {}).get("kinds", {})
+    if any("type" in a for a in ann.values()):  # the update-ann step (sharding.ann)
+        lines += [
+            "",
+            "| kind | approximate index | nlist | nprobe | recall@10 | vectors | serving |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        lines += [
+            f"| {kind} | {a['type']} g{a['generation']} ({a['action']}) | {a['nlist']} "
+            f"| {a['nprobe']} | {a['recall_at_10']} | {a['vectors']} | {a['serving']} |"
+            for kind, a in ann.items()
+            if "type" in a
+        ]
+    lines += [f"Warning: {w}" for w in summary.get("ann", {}).get("failed", [])]
     return "\n".join(lines)

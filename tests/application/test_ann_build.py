@@ -70,6 +70,9 @@ def test_the_build_trains_then_extends_the_approximate_index(tmp_path: Path) -> 
     color = summary["ann"]["kinds"]["color"]
     assert color["action"] == "trained" and color["shards"] == 5 and color["serving"]
     assert color["recall_at_10"] >= 0.95 and summary["ann"]["failed"] == []
+    from tasks.artifacts import render_summary  # the Prefect summary artifact
+
+    assert f"| color | IVFFlat g1 (trained) | {color['nlist']} |" in render_summary(summary)
     summary, _ = _run(tmp_path, 3100)
     color = summary["ann"]["kinds"]["color"]
     assert color["action"] == "added" and color["objects_written"] == 1 and color["shards"] == 6
@@ -87,6 +90,9 @@ def test_a_recall_below_the_minimum_is_a_failed_check_and_not_served(tmp_path: P
         f"{color['nlist']}: not served (search stays exact)"
     ]
     assert summary["warnings"] == summary["ann"]["failed"]
+    from tasks.artifacts import render_summary
+
+    assert f"Warning: {summary['warnings'][0]}" in render_summary(summary)
 
 
 def test_search_uses_the_approximate_index_unless_exact_and_status_shows_it(
