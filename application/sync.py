@@ -21,8 +21,8 @@ What a nightly build does first (flows/build_index.py, task `sync-catalog`):
 Cost: catalog reads proportional to the rows changed since the last sync (one keyset page when
 nothing changed), embeddings for the changed rows only, and per page one commit (the open
 shard and progress.json; sealed shards are never touched). Deletions and the hard-delete pass
-build each kind's id -> live slot map once (the id maps: ~8 bytes an id read, ~100 bytes an id
-held).
+build each kind's id -> live slot map once (the id maps: ~8 bytes an id read, ~17 bytes an
+integer id held: sharding.live).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from sharding.codec import (
 from sharding.config import BuildConfig, RollupLimits
 from sharding.errors import StateError
 from sharding.failures import FailureJournal, FailureLike, failed_ids, kinds_by_product
+from sharding.live import LiveSlots
 from sharding.progress import (
     BRAND_CHARS,
     FORMAT_VERSION,
@@ -143,7 +144,7 @@ class _KindState:
     uploads: dict[str, bytes] = field(default_factory=dict)  # sealed objects not written yet
     tombstones: TombstoneJournal = field(default_factory=lambda: TombstoneJournal(""))
     #: id -> live slot, built on first need (a replacement or delete): None until then.
-    live: dict[ProductId, int] | None = None
+    live: LiveSlots | None = None
 
     def may_be_live(self, ids: Sequence[ProductId]) -> bool:
         """Whether any of these ids can have a live slot (cheap: no map for a fresh batch)."""
@@ -158,7 +159,7 @@ class _KindState:
         assert self.live is not None
         killed = []
         for pid in ids:
-            slot = self.live.pop(pid, None)
+            slot = self.live.pop(pid)
             if slot is not None:
                 self.tombstones.kill(slot)
                 killed.append(pid)
@@ -169,7 +170,8 @@ class _KindState:
         no id is ever live twice in a kind."""
         if self.live is not None:
             self.kill(ids)
-            self.live.update((pid, self.total + i) for i, pid in enumerate(ids))
+            for i, pid in enumerate(ids):
+                self.live.add(pid, self.total + i)
         start = 0
         while start < len(ids):
             take = min(self.capacity - len(self.open.ids), len(ids) - start)
@@ -344,7 +346,7 @@ class IndexWriter:
         state = self._kinds[kind]
         self._ensure_live(state)
         assert state.live is not None
-        return set(state.live)
+        return state.live.ids()
 
     def retry_failed(self, batch: EmbeddedBatch) -> list[ProductId]:
         """Index recorded failures that now embed, in the kinds they failed in; keep the rest.
@@ -429,8 +431,8 @@ class IndexWriter:
         """Build the kind's id -> live slot map from its committed id maps and dead slots.
 
         Reads every id map of the kind (about 8 bytes an id, already verified at open) and its
-        tombstone chunks; held as a dict (about 100 bytes an id: ~100 MB for 1M ids), only in
-        runs that replace or delete.
+        tombstone chunks; held as sharding.live.LiveSlots (about 17 bytes an integer id), only
+        in runs that replace or delete.
         """
         if state.live is not None:
             return
@@ -443,8 +445,7 @@ class IndexWriter:
         ids.extend(state.open.ids)
         if len(ids) != state.total:
             raise StateError(f"{state.kind}: {len(ids)} ids in shards, {state.total} counted")
-        dead = set(dead_slots(self.storage, _journal_progress(state)))
-        state.live = {pid: slot for slot, pid in enumerate(ids) if slot not in dead}
+        state.live = LiveSlots(ids, dead_slots(self.storage, _journal_progress(state)))
 
     def _validate(self, batch: EmbeddedBatch) -> ProductId:
         n = len(batch.ids)
