@@ -97,14 +97,21 @@ class LoadedCommit:
             raise UsageError(f"id {product_id!r} is not in the {kind} index") from None
 
     def search(
-        self, kind: str, vector: np.ndarray, k: int, brand: str | None = None
+        self,
+        kind: str,
+        vector: np.ndarray,
+        k: int,
+        brand: str | None = None,
+        *,
+        exact: bool = False,
     ) -> list[Result]:
-        """The k nearest products (inner product); with `brand`, the k nearest of that brand."""
+        """The k nearest products (inner product); with `brand`, the k nearest of that brand.
+        `exact`: the flat scan even where an approximate index serves."""
         index = self.index(kind)
         query = np.ascontiguousarray(np.atleast_2d(vector), dtype=np.float32)
         if query.shape[1] != index.dim:
             raise ValueError(f"queries have dimension {query.shape[1]}, index {index.dim}")
-        ann = self.approximate.get(kind)
+        ann = None if exact else self.approximate.get(kind)
         if ann is not None and k >= 1 and index.ntotal:
             rows = None if brand is None else self._brand_rows(index, brand)
             if rows is not None and len(rows) == 0:

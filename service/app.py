@@ -52,6 +52,9 @@ class SearchRequest(BaseModel):
     kind: Kind = Field(Kind("color"), description="Which index to search.")  # type: ignore[valid-type]
     k: int = Field(10, description="How many results (1..max_k, 100 by default).")
     brand: str | None = Field(None, description="Only this brand's products.")
+    exact: bool = Field(
+        False, description="Exact flat search even where an approximate index serves."
+    )
 
 
 class SearchHit(BaseModel):
@@ -174,9 +177,14 @@ def create_app(
             raise ServiceError(400, f"k must be between 1 and {service.max_k}, not {k}")
 
     def answer(
-        commit: LoadedCommit, kind: str, vector: np.ndarray, k: int, brand: str | None
+        commit: LoadedCommit,
+        kind: str,
+        vector: np.ndarray,
+        k: int,
+        brand: str | None,
+        exact: bool = False,
     ) -> dict[str, Any]:
-        results = commit.search(kind, vector, k, brand)
+        results = commit.search(kind, vector, k, brand, exact=exact)
         return {
             "results": [
                 {
@@ -232,7 +240,7 @@ def create_app(
         else:
             assert body.image_url is not None
             vector = _url_vector(settings, embedders.get(commit), body.image_url, kind)
-        return answer(commit, kind, vector, body.k, body.brand)
+        return answer(commit, kind, vector, body.k, body.brand, body.exact)
 
     @app.post(
         "/search/image",

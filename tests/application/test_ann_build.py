@@ -127,3 +127,39 @@ def test_search_uses_the_approximate_index_unless_exact_and_status_shows_it(
     assert ann["recall_at_10"] >= 0.95 and 1 <= ann["nprobe"] <= 62
     text = runner.invoke(cli, ["status", "--store", store]).stdout
     assert "approximate index IVFFlat g1: nlist 62" in text and "serving" in text
+
+
+def test_the_library_and_the_http_service_take_exact(tmp_path: Path) -> None:
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from application.catalog.local import LocalCatalog
+    from application.searcher import load_commit
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    _run(tmp_path, 2600)
+    store = LocalStore(tmp_path / "store")
+    commit = load_commit(store, catalog=LocalCatalog(tmp_path / "catalog.csv"))
+    assert set(commit.approximate) == {"color"}
+    index = commit.indexes["color"]
+
+    def flat(pid: int) -> list[Any]:
+        return [h.id for h in index.search(commit.stored_vector("color", pid)[None], 10)[0]]
+
+    for pid in range(1, 2601, 250):
+        query = commit.stored_vector("color", pid)
+        assert [r.id for r in commit.search("color", query, 10, exact=True)] == flat(pid)
+    settings = load_settings(store=str(tmp_path / "store"), catalog=str(tmp_path / "catalog.csv"))
+    with TestClient(create_app(settings, ServiceSettings())) as client:  # type: ignore[call-arg]
+        deadline = time.monotonic() + 30
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get("/health").json()["approximate"] == ["color"]
+        body = {"id": 77, "kind": "color", "k": 10}
+        exact = client.post("/search", json={**body, "exact": True})
+        approx = client.post("/search", json=body)
+        assert exact.status_code == approx.status_code == 200, exact.text
+        assert [r["id"] for r in exact.json()["results"]] == flat(77)
+        assert approx.json()["results"][0]["id"] == 77
