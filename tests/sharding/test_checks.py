@@ -27,7 +27,7 @@ def test_healthy_store_passes_and_renders(built: LocalStore) -> None:
     report = check_store(built)
     assert report.ok and report.problems == []
     assert report.kinds["color"].vectors == report.kinds["color"].committed_vectors == 42
-    assert "PASS" in report.to_markdown()
+    assert "## Store structure: ok" in report.to_markdown()  # heading of 1cd8c86
     assert json.loads(json.dumps(report.to_dict()))["ok"] is True
 
 
