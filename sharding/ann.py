@@ -281,7 +281,14 @@ def update_ann(
         if len(vectors) == 0:
             return AnnReport(kind, "none", "no sealed shard holds a live vector yet")
         generation = 1 if state is None else state.generation + 1
-        index, state = _train(kind, generation, vectors, kp.live_vectors, config)
+        index, state = _train(
+            kind, generation, vectors, kp.live_vectors, config, progress.shard_max_bytes
+        )
+        if len(faiss.serialize_index(index)) > progress.shard_max_bytes:
+            raise StateError(
+                f"{kind}: a trained index of {state.nlist} lists passes shard_max_bytes "
+                f"{progress.shard_max_bytes}; raise it to build an approximate index"
+            )
         data = faiss.serialize_index(index).tobytes()
         put(state.trained, data)
         state.trained_sha256 = sha256_hex(data)
@@ -348,11 +355,20 @@ def _mean_distance(index: faiss.IndexIVF, vectors: np.ndarray) -> float:
 
 
 def _train(
-    kind: str, generation: int, vectors: np.ndarray, live: int, config: AnnConfig
+    kind: str,
+    generation: int,
+    vectors: np.ndarray,
+    live: int,
+    config: AnnConfig,
+    max_bytes: int,
 ) -> tuple[faiss.IndexIVF, AnnState]:
     dim = vectors.shape[1]
     pq_m = config.pq_m if live >= config.pq_min_vectors and dim % config.pq_m == 0 else 0
     nlist = choose_nlist(len(vectors), config.max_nlist, config.train_per_list)
+    # The trained object (nlist x dim floats, the PQ codebook: 256 x dim floats) must stay
+    # under the object limit too: fewer lists when it would not.
+    fixed = len(faiss.serialize_index(new_index(dim, 1, pq_m))) + 256
+    nlist = max(1, min(nlist, (max_bytes - fixed) // (4 * dim + 16)))
     # PQ codebooks need 256 points each to train on (8 bits).
     sample_size = min(len(vectors), max(nlist * config.train_per_list, 256 * 40 if pq_m else 0))
     sample_size = min(sample_size, config.max_train)

@@ -219,21 +219,23 @@ def test_a_crash_at_every_write_of_an_update_resumes_to_the_same_state(
 
 
 def test_objects_stay_under_a_small_shard_limit() -> None:
-    limit = 45 + 4 * DIM * 100  # 100 vectors per shard
+    limit = 45 + 4 * DIM * 40  # 40 vectors per shard
     config = BuildConfig(embedder="test", model="m", dims={KIND: DIM}, shard_max_bytes=limit)
     store = MemoryStore()
     writer = IndexWriter.open(store, config, run_id="r")
-    writer.add_batch(
-        EmbeddedBatch(list[ProductId](range(1, 2001)), [None] * 2000, {KIND: clustered(2000)})
-    )
+    vectors = clustered(2000)
+    writer.add_batch(EmbeddedBatch(list[ProductId](range(1, 2001)), [None] * 2000, {KIND: vectors}))
     writer.finish()
-    state = update_ann(store, KIND, ANN, run_id="a").state
-    assert state is not None and state.shards == 20 and state.vectors == 2000
+    wide = AnnConfig(min_vectors=1000, max_nlist=4096, first_nprobe=2)  # would take 50 lists
+    state = update_ann(store, KIND, wide, run_id="a").state
+    assert state is not None and state.shards == 50 and state.vectors == 2000
     # IVFFlat entries (slot + list number + vector) are 9 bytes larger than a shard's rows:
     # a full shard's entries take two objects.
-    assert len(state.lists) == 40 and {ref.shard for ref in state.lists} == set(range(1, 21))
+    assert len(state.lists) == 100 and {ref.shard for ref in state.lists} == set(range(1, 51))
     for ref in state.lists:
         assert len(store.get(ref.name)) <= limit
+    # The trained index (nlist x 32 floats) holds fewer lists so that it fits too.
+    assert state.nlist < 50 and len(store.get(state.trained)) <= limit
 
 
 def test_ivfpq_is_chosen_from_its_size_and_re_ranked_exactly() -> None:
