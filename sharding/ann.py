@@ -258,8 +258,13 @@ def update_ann(
     reason = "" if state is None else _drift(state, kp.live_vectors, config)
     written: list[str] = []
 
+    fresh_generation = False
+
     def put(name: str, data: bytes) -> None:
-        storage.put(name, data, immutable=True)
+        # A generation not committed yet may be trained again after a crash, with other bytes
+        # under the same names (k-means over threads): cached as immutable only once committed
+        # trained bytes decide them (list objects added to a committed generation).
+        storage.put(name, data, immutable=not fresh_generation)
         written.append(name)
 
     if guard is not None:
@@ -281,6 +286,7 @@ def update_ann(
         if len(vectors) == 0:
             return AnnReport(kind, "none", "no sealed shard holds a live vector yet")
         generation = 1 if state is None else state.generation + 1
+        fresh_generation = True
         index, state = _train(
             kind, generation, vectors, kp.live_vectors, config, progress.shard_max_bytes
         )
