@@ -270,25 +270,32 @@ def update_ann(
     if guard is not None:
         guard()
     new = [s for s in shards if state is None or reason or s.record.number > state.shards]
-    rows = [_live_rows(storage, kind, dim, s, mask) for s in new]
-    if state is not None and not reason and rows:
+    if state is not None and not reason and new:
         index = _read_trained(storage, state)
-        distance = _mean_distance(index, np.concatenate([v for _, v in rows]))
+        distance = _streamed_mean_distance(storage, kind, dim, new, mask, index)
         if distance > config.drift_distance * state.train_mean_distance:
             reason = (
                 f"new vectors' mean distance to their list centroid {distance:.4f} > "
                 f"{config.drift_distance} x {state.train_mean_distance:.4f} at training"
             )
             new = shards
-            rows = [_live_rows(storage, kind, dim, s, mask) for s in new]
     if state is None or reason:
-        vectors = np.concatenate([v for _, v in rows]) if rows else np.zeros((0, dim), np.float32)
-        if len(vectors) == 0:
+        live_rows = _live_slots(new, mask)
+        if sum(len(slots) for slots in live_rows) == 0:
             return AnnReport(kind, "none", "no sealed shard holds a live vector yet")
         generation = 1 if state is None else state.generation + 1
         fresh_generation = True
+
+        def gather(rows: np.ndarray) -> np.ndarray:
+            return _gather(storage, kind, dim, new, live_rows, rows)
+
         index, state = _train(
-            kind, generation, vectors, kp.live_vectors, config, progress.shard_max_bytes
+            kind,
+            generation,
+            (sum(len(slots) for slots in live_rows), dim, gather),
+            kp.live_vectors,
+            config,
+            progress.shard_max_bytes,
         )
         if len(faiss.serialize_index(index)) > progress.shard_max_bytes:
             raise StateError(
@@ -312,7 +319,8 @@ def update_ann(
     fresh = []
     # Entries per object: a list object stays under the store's object limit (shard_max_bytes).
     per_object = max(1, (progress.shard_max_bytes - _OVERHEAD) // (8 + index.sa_code_size()))
-    for shard, (slots, vectors) in zip(new, rows, strict=True):
+    for shard in new:  # one shard's vectors in memory at a time
+        slots, vectors = _live_rows(storage, kind, dim, shard, mask)
         codes = (
             index.sa_encode(vectors)
             if len(vectors)
@@ -363,23 +371,25 @@ def _mean_distance(index: faiss.IndexIVF, vectors: np.ndarray) -> float:
 def _train(
     kind: str,
     generation: int,
-    vectors: np.ndarray,
+    rows: tuple[int, int, Callable[[np.ndarray], np.ndarray]],
     live: int,
     config: AnnConfig,
     max_bytes: int,
 ) -> tuple[faiss.IndexIVF, AnnState]:
-    dim = vectors.shape[1]
+    """Train on a seeded sample of `rows` = (n live rows, dim, gather(row numbers) -> vectors):
+    only the sample is held in memory."""
+    n, dim, gather = rows
     pq_m = config.pq_m if live >= config.pq_min_vectors and dim % config.pq_m == 0 else 0
-    nlist = choose_nlist(len(vectors), config.max_nlist, config.train_per_list)
+    nlist = choose_nlist(n, config.max_nlist, config.train_per_list)
     # The trained object (nlist x dim floats, the PQ codebook: 256 x dim floats) must stay
     # under the object limit too: fewer lists when it would not.
     fixed = len(faiss.serialize_index(new_index(dim, 1, pq_m))) + 256
     nlist = max(1, min(nlist, (max_bytes - fixed) // (4 * dim + 16)))
     # PQ codebooks need 256 points each to train on (8 bits).
-    sample_size = min(len(vectors), max(nlist * config.train_per_list, 256 * 40 if pq_m else 0))
+    sample_size = min(n, max(nlist * config.train_per_list, 256 * 40 if pq_m else 0))
     sample_size = min(sample_size, config.max_train)
     rng = np.random.default_rng(config.seed + generation)
-    sample = vectors[np.sort(rng.choice(len(vectors), sample_size, replace=False))]
+    sample = gather(np.sort(rng.choice(n, sample_size, replace=False)))
     index = new_index(dim, nlist, pq_m)
     index.cp.seed = config.seed
     index.train(np.ascontiguousarray(sample))
@@ -410,32 +420,63 @@ def _measure(
 ) -> AnnState:
     """recall@10 of the lists against exact search over the same live vectors, on a sample of
     them as queries; nprobe doubles (up to nlist) until it reaches config.min_recall (or, with
-    `fixed_nprobe`, is measured at that nprobe alone)."""
-    covered = [_live_rows(storage, kind, dim, s, mask) for s in shards]
-    slots = np.concatenate([s for s, _ in covered]) if covered else np.zeros(0, np.int64)
-    vectors = np.concatenate([v for _, v in covered]) if covered else np.zeros((0, dim), "f4")
-    if len(slots) == 0:
+    `fixed_nprobe`, is measured at that nprobe alone).
+
+    One shard in memory at a time: the queries are gathered first, the lists searched at every
+    nprobe that may be tried, then one pass over the shards computes the exact top-10 and the
+    exact scores of the candidates (the re-rank)."""
+    live_rows = _live_slots(shards, mask)
+    n = sum(len(slots) for slots in live_rows)
+    if n == 0:
         return state.model_copy(update={"recall_at_10": None, "recall_queries": 0})
     rng = np.random.default_rng(config.seed)
-    picked = rng.choice(len(slots), min(config.recall_queries, len(slots)), replace=False)
-    queries = np.ascontiguousarray(vectors[np.sort(picked)])
-    k = min(K, len(slots))
-    _, exact = faiss.knn(queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-    truth = slots[exact]
-    nprobe = fixed_nprobe or min(state.nlist, config.first_nprobe)
-    while True:
-        found = search_lists(
-            index,
-            queries,
-            k,
-            nprobe=nprobe,
-            rerank=config.rerank if state.pq_m else 1,
-            vectors_of=_lookup(slots, vectors),
-        )[1]
-        recall = recall_at(truth, found)
-        if fixed_nprobe or recall >= config.min_recall or nprobe >= state.nlist:
+    picked = np.sort(rng.choice(n, min(config.recall_queries, n), replace=False))
+    queries = np.ascontiguousarray(_gather(storage, kind, dim, shards, live_rows, picked))
+    k = min(K, n)
+    nprobes = [fixed_nprobe or min(state.nlist, config.first_nprobe)]
+    while not fixed_nprobe and nprobes[-1] < state.nlist:
+        nprobes.append(min(state.nlist, nprobes[-1] * 2))
+    end = sum(s.record.vectors for s in shards)
+    dead = np.flatnonzero(~mask[:end]).astype(np.int64)
+    batch = faiss.IDSelectorBatch(dead) if len(dead) else None
+    selector = faiss.IDSelectorNot(batch) if batch is not None else None
+    want = k * (config.rerank if state.pq_m else 1)
+    candidates = {}
+    for nprobe in nprobes:
+        params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
+        if selector is not None:
+            params.sel = selector
+        candidates[nprobe] = index.search(queries, want, params=params)[1]
+    exact = {
+        nprobe: np.full(found.shape, -np.inf, np.float32) for nprobe, found in candidates.items()
+    }
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.full((len(queries), k), -1, np.int64)
+    for shard, slots in zip(shards, live_rows, strict=True):
+        if not len(slots):
+            continue
+        vectors = load_shard(storage, shard.record, dim).vectors[slots - shard.start]
+        scores, found = faiss.knn(
+            queries, vectors, min(k, len(slots)), metric=faiss.METRIC_INNER_PRODUCT
+        )
+        merged_s = np.concatenate([best_s, scores], axis=1)
+        merged_i = np.concatenate([best_i, np.where(found >= 0, slots[found], -1)], axis=1)
+        order = np.argsort(-merged_s, axis=1, kind="stable")[:, :k]
+        best_s = np.take_along_axis(merged_s, order, 1)
+        best_i = np.take_along_axis(merged_i, order, 1)
+        for nprobe, found in candidates.items():
+            rows = np.searchsorted(slots, found)
+            hit = (found >= 0) & (rows < len(slots))
+            hit[hit] &= slots[rows[hit]] == found[hit]
+            q, c = np.nonzero(hit)
+            exact[nprobe][q, c] = np.einsum("ij,ij->i", queries[q], vectors[rows[q, c]])
+    for nprobe in nprobes:
+        order = np.argsort(-exact[nprobe], axis=1, kind="stable")[:, :k]
+        found = np.take_along_axis(candidates[nprobe], order, 1)
+        found = np.where(np.take_along_axis(exact[nprobe], order, 1) > -np.inf, found, -1)
+        recall = recall_at(best_i, found)
+        if recall >= config.min_recall:
             break
-        nprobe = min(state.nlist, nprobe * 2)
     return state.model_copy(
         update={
             "nprobe": nprobe,
@@ -446,19 +487,58 @@ def _measure(
     )
 
 
+def _live_slots(shards: list[_Shard], mask: np.ndarray) -> list[np.ndarray]:
+    """Per shard, its live slots (ascending): no vector read."""
+    return [
+        (s.start + np.flatnonzero(mask[s.start : s.start + s.record.vectors])).astype(np.int64)
+        for s in shards
+    ]
+
+
+def _gather(
+    storage: Storage,
+    kind: str,
+    dim: int,
+    shards: list[_Shard],
+    live_rows: list[np.ndarray],
+    rows: np.ndarray,
+) -> np.ndarray:
+    """The vectors of these live-row numbers (ascending; counted over the shards' live slots
+    in order), reading only the shards that hold one."""
+    out = np.empty((len(rows), dim), np.float32)
+    start = 0
+    for shard, slots in zip(shards, live_rows, strict=True):
+        lo, hi = np.searchsorted(rows, [start, start + len(slots)])
+        if hi > lo:
+            vectors = load_shard(storage, shard.record, dim).vectors
+            out[lo:hi] = vectors[slots[rows[lo:hi] - start] - shard.start]
+        start += len(slots)
+    return out
+
+
+def _streamed_mean_distance(
+    storage: Storage,
+    kind: str,
+    dim: int,
+    shards: list[_Shard],
+    mask: np.ndarray,
+    index: faiss.IndexIVF,
+) -> float:
+    total, count = 0.0, 0
+    for shard in shards:
+        _, vectors = _live_rows(storage, kind, dim, shard, mask)
+        if len(vectors):
+            total += _mean_distance(index, vectors) * len(vectors)
+            count += len(vectors)
+    return total / count if count else 0.0
+
+
 def recall_at(truth: np.ndarray, found: np.ndarray) -> float:
     """Mean share of each row's true neighbours found (ids; -1 never counts)."""
     hits = sum(
         len(set(t.tolist()) & set(f[f >= 0].tolist())) for t, f in zip(truth, found, strict=True)
     )
     return hits / truth.size if truth.size else 1.0
-
-
-def _lookup(slots: np.ndarray, vectors: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    def vectors_of(wanted: np.ndarray) -> np.ndarray:
-        return vectors[np.searchsorted(slots, wanted)]
-
-    return vectors_of
 
 
 def search_lists(
