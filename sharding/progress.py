@@ -51,19 +51,24 @@ class ShardRecord(_Model):
         return Digests(self.id_map_sha256, self.id_map_xxh3)
 
 
-class SegmentRef(_Model):
-    """An immutable manifest segment that holds a fixed run of sealed shard records."""
+class _ObjectRef(_Model):
+    """A reference progress.json keeps to an immutable object: its name and sha256."""
 
     name: str
     sha256: str
-    shards: int
-    vectors: int
-    first_shard: int
-    last_shard: int
 
     @property
     def digests(self) -> Digests:
         return Digests(self.sha256)
+
+
+class SegmentRef(_ObjectRef):
+    """An immutable manifest segment that holds a fixed run of sealed shard records."""
+
+    shards: int
+    vectors: int
+    first_shard: int
+    last_shard: int
 
 
 class ManifestSegment(_Model):
@@ -74,16 +79,10 @@ class ManifestSegment(_Model):
     shards: list[ShardRecord]
 
 
-class TombstoneRef(_Model):
+class TombstoneRef(_ObjectRef):
     """An immutable tombstone chunk: a fixed run of dead slot positions of one kind (format 4)."""
 
-    name: str
-    sha256: str
     count: int
-
-    @property
-    def digests(self) -> Digests:
-        return Digests(self.sha256)
 
 
 class TombstoneChunk(_Model):
@@ -104,14 +103,10 @@ class FailureRecord(_Model):
     run_id: str
 
 
-class FailureChunkRef(_Model):
-    name: str
-    sha256: str
-    count: int
+class FailureChunkRef(_ObjectRef):
+    """An immutable chunk of failure records."""
 
-    @property
-    def digests(self) -> Digests:
-        return Digests(self.sha256)
+    count: int
 
 
 class FailureChunk(_Model):
