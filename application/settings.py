@@ -77,6 +77,10 @@ class CatalogSettings(BaseSettings):
         None, description="Private bucket whose object paths in image_url are signed before fetch."
     )
     signed_url_ttl_s: int = Field(3600, gt=0, description="Lifetime of signed image URLs.")
+    reconcile: bool = Field(
+        False,
+        description="Also find rows deleted from a Supabase table (a pass over its ids alone).",
+    )
 
 
 class EmbedSettings(BaseSettings):

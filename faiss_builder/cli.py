@@ -75,6 +75,13 @@ def build(
             help="Re-fetch and re-embed failed products first [env FAISS_BUILDER_RETRY_FAILED]",
         ),
     ] = None,
+    reconcile: Annotated[
+        bool | None,
+        typer.Option(
+            "--reconcile/--no-reconcile",
+            help="Also find rows deleted from a Supabase table [env FAISS_BUILDER_RECONCILE]",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Embed pending catalog products into the index (runs the build-index Prefect flow)."""
@@ -92,6 +99,7 @@ def build(
             backend=backend,
             allow_private_urls=allow_private_urls,
             retry_failed=retry_failed,
+            reconcile=reconcile,
         )
         summary = run_build(settings, show_progress=not as_json)
         _emit(summary, as_json, _render_build)

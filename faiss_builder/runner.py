@@ -81,6 +81,7 @@ def _run_flow(settings: Settings, *, show_progress: bool) -> dict[str, Any]:
                 allow_private_urls=fetch.allow_private_urls,
                 lease_wait_s=settings.store.lease_wait_s,
                 retry_failed=embed.retry_failed,
+                reconcile=catalog.reconcile,
             )
         finally:
             unsubscribe()

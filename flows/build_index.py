@@ -52,6 +52,7 @@ def build_index(
     allow_private_urls: bool | None = None,
     lease_wait_s: float | None = None,
     retry_failed: bool | None = None,
+    reconcile: bool | None = None,
 ) -> dict[str, Any]:
     """Embed pending catalog products into the FAISS shards of each kind; resumable at any point.
 
@@ -82,6 +83,9 @@ def build_index(
             FAISS_BUILDER_LEASE_WAIT_S, default 0.
         retry_failed: First re-fetch and re-embed the products recorded as failed. Empty:
             FAISS_BUILDER_RETRY_FAILED, default false.
+        reconcile: Also find rows deleted from a Supabase table, by one pass over its ids (a
+            local file's deletions are found at every build). Empty: FAISS_BUILDER_RECONCILE,
+            default false.
     """
     settings = load_settings(
         kinds=tuple(kinds) if kinds else None,
@@ -96,13 +100,16 @@ def build_index(
         allow_private_urls=allow_private_urls,
         lease_wait_s=lease_wait_s,
         retry_failed=retry_failed,
+        reconcile=reconcile,
     )
     check_deployment_settings(settings)
     run_id = str(flow_run.get_id() or "local")
     session = start_build(settings, run_id)
     try:
         # First follow the catalog (changed, deleted rows), then append rows above the cursor.
-        sync = sync_catalog(_unvisited(session), settings.embed.batch_size)
+        sync = sync_catalog(
+            _unvisited(session), settings.embed.batch_size, settings.catalog.reconcile
+        )
         if settings.embed.retry_failed:
             _retry_failures(session, settings.embed.batch_size)
         _run_batches(session, settings.embed.batch_size, session.max_in_flight)

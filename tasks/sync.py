@@ -12,9 +12,10 @@ from application.sync import sync_catalog as run_sync
 
 
 @task(name="sync-catalog", cache_policy=NONE, persist_result=False)
-def sync_catalog(session: BuildSession, batch_size: int) -> dict[str, Any]:
-    """Re-embed changed products, kill deleted ones (soft and, for files, hard), commit per page."""
-    stats = run_sync(session, batch_size)
+def sync_catalog(session: BuildSession, batch_size: int, reconcile: bool) -> dict[str, Any]:
+    """Re-embed changed products, kill deleted ones (soft; hard for files, and for a table when
+    `reconcile`), commit per page."""
+    stats = run_sync(session, batch_size, reconcile=reconcile)
     if stats.followed:
         get_run_logger().info(
             "sync: %d changed rows read, %d re-embedded (%d failed), %d soft- and %d hard-deleted",

@@ -121,3 +121,26 @@ def test_products_added_after_a_run_are_picked_up_by_the_next_run(
     second = build_index(catalog="supabase", store=store, kinds=["color"], **common)
     assert (first["products"], second["products"]) == (PRODUCTS, 1)
     assert load_index(LocalStore(tmp_path / "store"), "color").ids == list(range(1, PRODUCTS + 2))
+
+
+def test_rows_deleted_from_the_table_stop_being_live_with_reconcile(
+    prefect_api: object,
+    supabase_stack: SupabaseStack,
+    rows: list[tuple[int, str, str | None]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SUPABASE_URL", supabase_stack.url)
+    monkeypatch.setenv("SUPABASE_KEY", supabase_stack.service_key)
+    store = str(tmp_path / "store")
+    common = {"embedder": "histogram", "batch_size": 10, "allow_private_urls": True}
+    build_index(catalog="supabase", store=store, kinds=["color"], **common)
+    supabase_stack.sql("delete from product_images where id in (3, 4)")
+    plain = build_index(catalog="supabase", store=store, kinds=["color"], **common)
+    assert 3 in load_index(LocalStore(tmp_path / "store"), "color").ids  # a table: only when asked
+    reconciled = build_index(
+        catalog="supabase", store=store, kinds=["color"], reconcile=True, **common
+    )
+    ids = load_index(LocalStore(tmp_path / "store"), "color").ids
+    assert not plain["sync"]["reconciled"] and reconciled["sync"]["reconciled"]
+    assert sorted(ids) == [i for i in range(1, PRODUCTS + 1) if i not in (3, 4)]
