@@ -91,25 +91,16 @@ class MemoryStore:
         return "memory store"
 
 
-class CountingStorage:
-    """Passes everything through and counts puts and bytes put (checkpoint cost measurements)."""
+class PassThroughStorage:
+    """A store that hands every verb to `inner`: subclasses override the verbs they watch."""
 
     def __init__(self, inner: Storage) -> None:
         self.inner = inner
-        self.writes = 0
-        self.bytes_written = 0
-        self.written: list[tuple[str, int]] = []
-
-    def reset(self) -> None:
-        self.writes, self.bytes_written, self.written = 0, 0, []
 
     def put(
         self, name: str, data: bytes, *, overwrite: bool = True, immutable: bool = False
     ) -> None:
         self.inner.put(name, data, overwrite=overwrite, immutable=immutable)
-        self.writes += 1
-        self.bytes_written += len(data)
-        self.written.append((name, len(data)))
 
     def get(self, name: str) -> bytes:
         return self.inner.get(name)
@@ -125,6 +116,27 @@ class CountingStorage:
 
     def describe(self) -> str:
         return self.inner.describe()
+
+
+class CountingStorage(PassThroughStorage):
+    """Passes everything through and counts puts and bytes put (checkpoint cost measurements)."""
+
+    def __init__(self, inner: Storage) -> None:
+        super().__init__(inner)
+        self.writes = 0
+        self.bytes_written = 0
+        self.written: list[tuple[str, int]] = []
+
+    def reset(self) -> None:
+        self.writes, self.bytes_written, self.written = 0, 0, []
+
+    def put(
+        self, name: str, data: bytes, *, overwrite: bool = True, immutable: bool = False
+    ) -> None:
+        self.inner.put(name, data, overwrite=overwrite, immutable=immutable)
+        self.writes += 1
+        self.bytes_written += len(data)
+        self.written.append((name, len(data)))
 
 
 class CrashingStorage(CountingStorage):
@@ -165,7 +177,7 @@ class SupportsFence(Protocol):
         ...
 
 
-class FencedStorage:
+class FencedStorage(PassThroughStorage):
     """Writes only while the lease is certainly ours: wrap the store the writer gets with it.
 
     put and delete check `fence.deadline()` (re-read at every check, so the lease keeper's renewals
@@ -178,7 +190,7 @@ class FencedStorage:
     def __init__(
         self, inner: Storage, fence: Fence, *, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.fence = fence
         self._monotonic = monotonic
         self._writes = inner.fenced(fence.deadline) if isinstance(inner, SupportsFence) else inner
@@ -193,21 +205,9 @@ class FencedStorage:
         self._check(f"put {name}")
         self._writes.put(name, data, overwrite=overwrite, immutable=immutable)
 
-    def get(self, name: str) -> bytes:
-        return self.inner.get(name)
-
-    def exists(self, name: str) -> bool:
-        return self.inner.exists(name)
-
-    def list(self, prefix: str = "") -> list[str]:
-        return self.inner.list(prefix)
-
     def delete(self, names: Sequence[str]) -> None:
         self._check(f"delete {len(names)} objects")
         self._writes.delete(names)
-
-    def describe(self) -> str:
-        return self.inner.describe()
 
     def _check(self, what: str) -> None:
         left = self.fence.deadline() - self._monotonic()

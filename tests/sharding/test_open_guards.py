@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from sharding import (
     read_progress,
 )
 from sharding.codec import predicted_index_bytes
-from sharding.storage import Storage
+from sharding.storage import PassThroughStorage, Storage
 from tests.sharding.builds import SMALL, Catalog, run_build, unit_vector
 
 
@@ -95,34 +95,17 @@ def test_an_inconsistent_commit_is_refused_before_the_first_write(
     assert not check_store(store).ok, "check reports the same damage"
 
 
-class _ReadCounter:
+class _ReadCounter(PassThroughStorage):
     """A pass-through store that counts the bytes each get() returns (what opening reads)."""
 
     def __init__(self, inner: Storage) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.read: dict[str, int] = {}
-
-    def put(
-        self, name: str, data: bytes, *, overwrite: bool = True, immutable: bool = False
-    ) -> None:
-        self.inner.put(name, data, overwrite=overwrite, immutable=immutable)
 
     def get(self, name: str) -> bytes:
         data = self.inner.get(name)
         self.read[name] = self.read.get(name, 0) + len(data)
         return data
-
-    def exists(self, name: str) -> bool:
-        return self.inner.exists(name)
-
-    def list(self, prefix: str = "") -> list[str]:
-        return self.inner.list(prefix)
-
-    def delete(self, names: Sequence[str]) -> None:
-        self.inner.delete(names)
-
-    def describe(self) -> str:
-        return self.inner.describe()
 
 
 def test_opening_reads_no_sealed_vector_file(tmp_path: Path) -> None:
