@@ -262,6 +262,7 @@ def create_app(
                                 },
                                 "k": {"type": "integer", "default": 10},
                                 "brand": {"type": "string"},
+                                "exact": {"type": "boolean", "default": False},
                             },
                         }
                     }
@@ -270,7 +271,8 @@ def create_app(
         },
     )
     async def search_image(request: Request) -> dict[str, Any]:
-        """Nearest products of an uploaded image (multipart field `file`; kind, k, brand as fields)."""
+        """Nearest products of an uploaded image (multipart field `file`; kind, k, brand, exact
+        as fields)."""
         check_key(request)
         data, fields = await _read_upload(request, service.max_upload_bytes)
         kind = fields.get("kind") or "color"
@@ -284,12 +286,13 @@ def create_app(
             raise ServiceError(400, f"k {fields.get('k')!r} is not an integer") from None
         check_k(k)
         brand = fields.get("brand") or None
+        exact = _form_bool(fields.get("exact"), "exact")
         commit = serving()
         commit.index(kind)
 
         def run() -> dict[str, Any]:
             vector = _upload_vector(embedders.get(commit), data, kind, service.max_upload_pixels)
-            return answer(commit, kind, vector, k, brand)
+            return answer(commit, kind, vector, k, brand, exact)
 
         return await run_in_threadpool(run)
 
@@ -319,6 +322,20 @@ def create_app(
         return resources.files("service").joinpath("static/index.html").read_text(encoding="utf-8")
 
     return app
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "")
+
+
+def _form_bool(value: str | None, name: str) -> bool:
+    """A form field's boolean (true/false, 1/0, yes/no, on/off; absent: false)."""
+    text = (value or "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ServiceError(400, f"{name} {value!r} is not a boolean (true or false)")
 
 
 def _shown_url(result: Any, local_root: str | None) -> str | None:

@@ -269,3 +269,66 @@ def test_concurrent_text_queries_all_answer_the_same(clip_service: Running) -> N
     assert all(
         [hit["id"] for hit in results] == [hit["id"] for hit in first] for _, results in answers
     )
+
+
+def test_upload_takes_exact_where_an_approximate_index_serves(
+    demo_catalog: Path, tmp_path: Path
+) -> None:
+    """A store with a deliberately coarse IVF (nprobe 1, served whatever its recall): an upload
+    answers the IVF's ranking, and with the form field exact=true the flat scan's."""
+    import faiss
+    import numpy as np
+    from PIL import Image
+
+    from modal_workers.embedders import load_embedder
+    from sharding import BuildConfig, EmbeddedBatch, IndexWriter, LocalStore
+    from sharding.ann import AnnConfig, update_ann
+    from sharding.codec import ProductId
+
+    embedder = load_embedder("histogram")
+    images = [Image.open(demo_catalog.parent / "images" / f"{i:05d}.jpg") for i in (1, 2, 3)]
+    queries = embedder.embed(images, ["color"])["color"]
+    dim = queries.shape[1]
+    rng = np.random.default_rng(3)
+    x = np.abs(rng.standard_normal((3000, dim))).astype(np.float32) ** 4  # sparse, histogram-like
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    store = LocalStore(tmp_path / "store")
+    config = BuildConfig(embedder="histogram", model=embedder.model_id,
+                         dims={"color": dim}, shard_max_vectors=500)  # fmt: skip
+    writer = IndexWriter.open(store, config, run_id="run")
+    for s in range(0, 3000, 500):
+        ids = list[ProductId](range(s + 1, s + 501))
+        writer.add_batch(EmbeddedBatch(ids, [None] * 500, {"color": x[s : s + 500]}))
+        writer.commit()
+    writer.finish()
+    coarse = AnnConfig(min_vectors=0, min_recall=0.0, first_nprobe=1, max_nlist=64)
+    assert update_ann(store, "color", coarse, run_id="ann").state is not None
+    _, flat = faiss.knn(queries, x, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    with serve(tmp_path / "store", None) as running:
+        from tests.service.conftest import wait_for_commit
+
+        assert wait_for_commit(running.client)["approximate"] == ["color"]
+        differed = 0
+        for number, expected in zip((1, 2, 3), flat, strict=True):
+            photo = (demo_catalog.parent / "images" / f"{number:05d}.jpg").read_bytes()
+            answers = {}
+            for exact in ("true", "false"):
+                response = running.client.post(
+                    "/search/image", files={"file": ("q.jpg", photo, "image/jpeg")},
+                    data={"k": "10", "exact": exact},
+                )  # fmt: skip
+                assert response.status_code == 200, response.text
+                answers[exact] = [hit["id"] for hit in response.json()["results"]]
+            # the same ten as the flat scan (near-equal scores may swap places: sets compared)
+            assert set(answers["true"]) == {int(row) + 1 for row in expected}
+            differed += set(answers["false"]) != set(answers["true"])
+        assert differed >= 1  # nprobe 1 misses neighbours: the flag changed the answer
+        bad = running.client.post(
+            "/search/image", files={"file": ("q.jpg", photo, "image/jpeg")}, data={"exact": "sure"}
+        )
+        assert bad.status_code == 400 and bad.json()["detail"] == (
+            "exact 'sure' is not a boolean (true or false)"
+        )
+        schema = running.client.get("/openapi.json").json()
+        form = schema["paths"]["/search/image"]["post"]["requestBody"]["content"]
+        assert "exact" in form["multipart/form-data"]["schema"]["properties"]
