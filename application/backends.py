@@ -1,9 +1,11 @@
-"""Embedding backends: the interface, the in-process one, and the table that names them all."""
+"""Embedding backends: the interface, the in-process one, the table that names them all, and the
+pool of calls in flight that a build shares across its chunks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from application.settings import Settings
@@ -36,6 +38,31 @@ class LocalBackend:
         from modal_workers.pipeline import embed_refs
 
         return embed_refs(refs, kinds, self.embedder, limits)
+
+
+T = TypeVar("T")
+
+
+class CallPool:
+    """At most `calls_in_flight` embedding calls running at once, shared by every chunk of a run.
+
+    A chunk's calls are queued in catalog order behind the previous chunk's, so the fleet stays
+    full across chunk boundaries while the flow appends and commits the older chunk; the caller
+    bounds memory by how many chunks it keeps queued. Threads around a blocking call (Modal's
+    `.remote()`, a local forward) keep each call's own re-dispatch and `worker_lost` accounting
+    (modal_workers.remote.ModalEmbedClient).
+    """
+
+    def __init__(self, calls_in_flight: int) -> None:
+        self.calls_in_flight = calls_in_flight
+        self._executor = ThreadPoolExecutor(calls_in_flight, thread_name_prefix="embed-call")
+
+    def submit(self, call: Callable[..., T], *args: Any) -> Future[T]:
+        return self._executor.submit(call, *args)
+
+    def close(self) -> None:
+        """Calls not started yet are cancelled; the running ones end on their own."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 #: Builds the embedding backend of a run from its settings, embedder name and model.

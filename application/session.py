@@ -6,11 +6,14 @@ session can be driven without Prefect (tests, benchmarks) and the backend can be
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from application.backends import CallPool
 from application.catalog.base import Catalog, Product, ProductId, split_refused
 from application.catalog.coverage import unindexed_below_cursor, unreachable_message
 from application.connect import (
@@ -33,6 +36,9 @@ if TYPE_CHECKING:
 FAILURES_IN_SUMMARY = 100
 #: Embedding batches in flight when neither the settings nor the backend say (local backend).
 DEFAULT_MAX_IN_FLIGHT = 2
+#: Chunks a run holds at least (products and vectors): the one being written and the next one,
+#: whose calls keep the fleet busy meanwhile.
+MIN_CHUNKS_HELD = 2
 #: Catalog rows after the cursor looked at for image paths a remote backend cannot reach.
 PATH_SAMPLE = 256
 
@@ -43,7 +49,8 @@ class BuildStats:
 
     started: float = field(default_factory=time.monotonic)
     products: int = 0
-    batches: int = 0
+    batches: int = 0  # embedding calls
+    commits: int = 0
     failed: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -51,14 +58,26 @@ class BuildStats:
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started
 
-    def count(self, products: list[Product], output: EmbedOutput) -> None:
+    def count(self, products: list[Product], output: EmbedOutput, calls: int = 1) -> None:
         self.products += len(products)
-        self.batches += 1
+        self.batches += calls
+        self.commits += 1
         self.failed += len(output.failures)
         room = FAILURES_IN_SUMMARY - len(self.failures)
         self.failures.extend(
             {"id": f.id, "reason": f.reason, "message": f.message} for f in output.failures[:room]
         )
+
+
+@dataclass
+class PendingChunk:
+    """One commit's products, split into calls queued on the run's CallPool (catalog order)."""
+
+    products: list[Product]
+    calls: list[list[Product]]
+    futures: list[Future[EmbedOutput]]
+    #: Calls whose error was raised to the caller once: a retry of collect sends them again.
+    raised: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -78,9 +97,20 @@ class BuildSession:
     totals_at_start: dict[str, int]
     stats: BuildStats = field(default_factory=BuildStats)
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    #: Products per embedding call, and per commit (a chunk: many calls, one Prefect task chain).
+    batch_size: int = 256
+    commit_size: int = 2 * 256
     #: When a kind gets an approximate index, and the recall it must reach to serve.
     ann_min_vectors: int = 100_000
     ann_min_recall: float = 0.95
+    _pool: CallPool | None = field(default=None, repr=False)
+
+    @property
+    def chunks_held(self) -> int:
+        """Chunks the flow keeps dispatched before writing the oldest: enough queued calls to
+        fill `max_in_flight` while one chunk is written, and never fewer than two."""
+        wave = self.max_in_flight * self.batch_size
+        return max(MIN_CHUNKS_HELD, math.ceil(wave / self.commit_size) + 1)
 
     def room_left(self, batch_size: int, queued: int) -> int:
         """How many products the next page may hold under max_images, given `queued` in flight."""
@@ -124,6 +154,35 @@ class BuildSession:
         output.failures.extend(refused)
         return output
 
+    def dispatch(self, products: list[Product]) -> PendingChunk:
+        """Queue a chunk's calls of `batch_size` products on the shared pool; returns at once."""
+        if self._pool is None:
+            self._pool = CallPool(self.max_in_flight)
+        size = self.batch_size
+        calls = [products[start : start + size] for start in range(0, len(products), size)]
+        return PendingChunk(products, calls, [self._pool.submit(self.embed, c) for c in calls])
+
+    def collect(self, chunk: PendingChunk) -> EmbedOutput:
+        """Wait for the chunk's calls in catalog order and join their answers into one output.
+
+        A call's exception is raised (the task's retry policy judges it); collecting again sends
+        the calls that raised once more and waits for them.
+        """
+        if self._pool is None:
+            raise RuntimeError("collect() before dispatch()")
+        for number in sorted(chunk.raised):
+            chunk.futures[number] = self._pool.submit(self.embed, chunk.calls[number])
+        chunk.raised.clear()
+        outputs = []
+        for number, future in enumerate(chunk.futures):
+            try:
+                outputs.append(future.result())
+            except Exception:
+                chunk.raised.add(number)
+                raise
+        chunk.futures.clear()  # the joined output is the only copy of the vectors now
+        return join_outputs(outputs, self.kinds)
+
     def append(self, products: list[Product], output: EmbedOutput) -> None:
         """Append a batch to each kind's open shard, uploading shards it seals (safe to retry)."""
         self.writer.add_batch(to_embedded_batch(products, output))
@@ -133,9 +192,10 @@ class BuildSession:
         self.writer.retry_failed(to_embedded_batch(products, output))
 
     def commit(self, products: list[Product], output: EmbedOutput) -> Progress:
-        """Upload the open shards, write progress.json last, check the counts; count the batch."""
+        """Upload the open shards, write progress.json last, check the counts; count the chunk
+        and its calls."""
         progress = self.writer.commit()
-        self.stats.count(products, output)
+        self.stats.count(products, output, calls=math.ceil(len(products) / self.batch_size))
         return progress
 
     def finish(self) -> dict[str, Any]:
@@ -167,7 +227,10 @@ class BuildSession:
         return {**summary, "ann": result, "warnings": [*summary["warnings"], *result["failed"]]}
 
     def close(self) -> None:
-        """Stop renewing and give the store back, so the next run need not wait for the expiry."""
+        """Cancel calls not started, stop renewing and give the store back, so the next run need
+        not wait for the expiry."""
+        if self._pool is not None:
+            self._pool.close()
         self.keeper.stop()
         self.lease.release()
 
@@ -207,6 +270,7 @@ def open_session(
     after = None if not cursors or None in cursors else min(cursors)  # type: ignore[type-var]
     check_images_reachable(backend, catalog, after)
     lease, keeper, writer = open_writer(storage, config, settings, run_id, log=log)
+    max_in_flight = embed.max_in_flight or calls_to_fill(backend)
     return BuildSession(
         run_id=run_id,
         kinds=list(embed.kinds),
@@ -219,7 +283,9 @@ def open_session(
         keeper=keeper,
         max_images=embed.max_images,
         totals_at_start={kind: writer.progress.total_vectors(kind) for kind in embed.kinds},
-        max_in_flight=embed.max_in_flight or calls_to_fill(backend),
+        max_in_flight=max_in_flight,
+        batch_size=embed.batch_size,
+        commit_size=embed.commit_size or max_in_flight * embed.batch_size,
         ann_min_vectors=settings.store.ann_min_vectors,
         ann_min_recall=settings.store.ann_min_recall,
     )
@@ -321,6 +387,27 @@ def open_writer(
     return lease, keeper, writer
 
 
+def join_outputs(outputs: list[EmbedOutput], kinds: list[str]) -> EmbedOutput:
+    """Consecutive calls' answers as one: ids, vectors and failures in call order."""
+    import numpy as np
+
+    from modal_workers.types import EmbedOutput
+
+    if len(outputs) == 1:
+        return outputs[0]
+    if not outputs:
+        raise ValueError("a chunk of no calls")
+    vectors = {}
+    for kind in kinds:
+        parts = [o.vectors[kind] for o in outputs if len(o.vectors[kind])]
+        vectors[kind] = np.concatenate(parts) if parts else outputs[0].vectors[kind]
+    return EmbedOutput(
+        ids=[product_id for o in outputs for product_id in o.ids],
+        vectors=vectors,
+        failures=[failure for o in outputs for failure in o.failures],
+    )
+
+
 def to_embedded_batch(products: list[Product], output: EmbedOutput) -> EmbeddedBatch:
     """The embedding result in the writer's terms: brands attached, failures kept, the page's end."""
     from sharding.writer import EmbeddedBatch
@@ -352,6 +439,9 @@ def summarize(session: BuildSession) -> dict[str, Any]:
         "kinds": kinds,
         "products": stats.products,
         "batches": stats.batches,
+        "commits": stats.commits,
+        "calls_in_flight": session.max_in_flight,
+        "commit_size": session.commit_size,
         "failed": stats.failed,
         # Products this run read that a kind had already indexed (a kind's cursor was ahead).
         "skipped": sum(stats.products - stats.failed - added[k] for k in kinds),

@@ -109,6 +109,13 @@ class EmbedSettings(BaseSettings):
         description="Embedding batches in flight at once (default: 2 local; for modal, the "
         "deployment's max_containers x inputs per container).",
     )
+    commit_size: int | None = Field(
+        None,
+        gt=0,
+        le=65_536,
+        description="Products per commit (one Prefect task chain), split into calls of "
+        "batch_size on the shared in-flight pool (default: max_in_flight x batch_size).",
+    )
     max_images: int | None = Field(None, gt=0, description="Stop after this many products.")
     device: str | None = Field(None, description="Torch device for local CLIP (auto if unset).")
     retry_failed: bool = Field(

@@ -1,4 +1,5 @@
-"""The `build-index` flow: catalog pages → embedding batches in flight → ordered append and commit."""
+"""The `build-index` flow: catalog chunks → their embedding calls in flight → ordered append and
+commit, one chunk at a time."""
 
 from __future__ import annotations
 
@@ -6,39 +7,38 @@ from collections import deque
 from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from application.catalog.base import Product
+from application.session import PendingChunk
 from application.settings import Backend, EmbedderName, Kind, load_settings
 from tasks import progress_events
 from tasks.artifacts import publish_summary, report_progress, start_progress
 from tasks.build import (
     BuildSession,
-    append_batch,
-    commit_batch,
+    append_chunk,
+    collect_chunk,
+    commit_chunk,
     count_pending,
-    embed_batch,
+    dispatch_chunk,
     fetch_page,
     fetch_products,
     finish_build,
     list_failed,
     release_lease,
-    retry_batch,
+    retry_chunk,
     start_build,
     update_ann,
 )
 from tasks.config import check_deployment_settings
 from tasks.sync import sync_catalog
 
-InFlight = deque[tuple[list[Product], PrefectFuture[Any]]]
 T = TypeVar("T")
 
 
-# 64 workers: max_in_flight may be up to 64 (a Modal fleet's max_containers x inputs each).
-@flow(name="build-index", task_runner=ThreadPoolTaskRunner(max_workers=64))  # type: ignore[arg-type]
+# The embedding calls run on the session's own pool (application.backends.CallPool), not as
+# Prefect tasks: Prefect's cost is paid per chunk of commit_size products, not per call.
+@flow(name="build-index")
 def build_index(
     kinds: list[Kind] | None = None,
     max_images: int | None = None,
@@ -47,6 +47,7 @@ def build_index(
     embedder: EmbedderName | None = None,
     model: str | None = None,
     max_in_flight: int | None = None,
+    commit_size: int | None = None,
     store: str | None = None,
     catalog: str | None = None,
     allow_private_urls: bool | None = None,
@@ -64,15 +65,17 @@ def build_index(
             default all three.
         max_images: Stop after this many products. Empty: FAISS_BUILDER_MAX_IMAGES, default no
             limit.
-        batch_size: Products per embedding batch. Empty: FAISS_BUILDER_BATCH_SIZE, default 256.
+        batch_size: Products per embedding call. Empty: FAISS_BUILDER_BATCH_SIZE, default 256.
         backend: Where images are embedded: local (in the flow's process) or modal (A10G GPUs).
             Empty: FAISS_BUILDER_BACKEND, default local.
         embedder: clip, or the weight-free histogram. Empty: FAISS_BUILDER_EMBEDDER, default
             clip.
         model: CLIP model id or local folder. Empty: FAISS_BUILDER_MODEL, default
             openai/clip-vit-base-patch32.
-        max_in_flight: Embedding batches running at once. Empty: FAISS_BUILDER_MAX_IN_FLIGHT,
+        max_in_flight: Embedding calls running at once. Empty: FAISS_BUILDER_MAX_IN_FLIGHT,
             default 2 (local) or, for modal, what fills the deployment's containers.
+        commit_size: Products per commit: one chunk of calls, one chain of Prefect tasks.
+            Empty: FAISS_BUILDER_COMMIT_SIZE, default max_in_flight x batch_size.
         store: A local folder, or supabase. Empty: FAISS_BUILDER_STORE (a deployment refuses to
             start without it).
         catalog: A CSV/JSONL file, or supabase. Empty: FAISS_BUILDER_CATALOG (a deployment
@@ -95,6 +98,7 @@ def build_index(
         embedder=embedder,
         model=model,
         max_in_flight=max_in_flight,
+        commit_size=commit_size,
         store=store,
         catalog=catalog,
         allow_private_urls=allow_private_urls,
@@ -111,8 +115,8 @@ def build_index(
             _unvisited(session), settings.embed.batch_size, settings.catalog.reconcile
         )
         if settings.embed.retry_failed:
-            _retry_failures(session, settings.embed.batch_size)
-        _run_batches(session, settings.embed.batch_size, session.max_in_flight)
+            _retry_failures(session, session.commit_size)
+        _run_chunks(session, session.commit_size, session.chunks_held)
         summary = finish_build(session)
         summary = update_ann(session, summary)
         summary["sync"] = sync
@@ -129,47 +133,48 @@ def build_index(
     return summary
 
 
-def _run_batches(session: BuildSession, batch_size: int, max_in_flight: int) -> None:
-    """Keep up to `max_in_flight` embedding batches running; write results strictly in batch order."""
+def _run_chunks(session: BuildSession, commit_size: int, chunks_held: int) -> None:
+    """Keep `chunks_held` chunks dispatched (their calls queued on the session's pool, so the
+    fleet stays busy while the oldest is written); write chunks strictly in catalog order."""
     artifact = start_progress(session.storage.describe(), session.kinds)
     total = count_pending(_unvisited(session))
     progress_events.publish("start", total=total)
-    in_flight: InFlight = deque()
+    held: deque[PendingChunk] = deque()
     after = session.resume_after()
-    while limit := session.room_left(batch_size, _queued(in_flight)):
+    while limit := session.room_left(commit_size, _queued(held)):
         products = fetch_page(_unvisited(session), after, limit)
         if not products:
             break
         after = products[-1].id
-        future = embed_batch.submit(_unvisited(session), _unvisited(products))
-        in_flight.append((products, future))
-        if len(in_flight) >= max_in_flight:
-            _write_oldest(session, in_flight, artifact, total)
-    while in_flight:
-        _write_oldest(session, in_flight, artifact, total)
+        held.append(dispatch_chunk(_unvisited(session), _unvisited(products)))
+        if len(held) >= chunks_held:
+            _write_oldest(session, held, artifact, total)
+    while held:
+        _write_oldest(session, held, artifact, total)
 
 
-def _retry_failures(session: BuildSession, batch_size: int) -> None:
-    """Recorded failures, batch by batch: fetch as the catalog has them now, embed, index, commit."""
+def _retry_failures(session: BuildSession, commit_size: int) -> None:
+    """Recorded failures, chunk by chunk: fetch as the catalog has them now, embed, index, commit."""
     failed = list_failed(_unvisited(session))
-    for start in range(0, len(failed), batch_size):
-        products = fetch_products(_unvisited(session), failed[start : start + batch_size])
+    for start in range(0, len(failed), commit_size):
+        products = fetch_products(_unvisited(session), failed[start : start + commit_size])
         if not products:
             continue
-        output = embed_batch(_unvisited(session), _unvisited(products))
-        retry_batch(_unvisited(session), _unvisited(products), _unvisited(output))
-        commit_batch(_unvisited(session), _unvisited(products), _unvisited(output))
+        chunk = dispatch_chunk(_unvisited(session), _unvisited(products))
+        output = collect_chunk(_unvisited(session), _unvisited(chunk))
+        retry_chunk(_unvisited(session), _unvisited(products), _unvisited(output))
+        commit_chunk(_unvisited(session), _unvisited(products), _unvisited(output))
 
 
 def _write_oldest(
-    session: BuildSession, in_flight: InFlight, artifact: Any, total: int | None
+    session: BuildSession, held: deque[PendingChunk], artifact: Any, total: int | None
 ) -> None:
-    products, future = in_flight.popleft()
-    output = future.result()
-    append_batch(_unvisited(session), _unvisited(products), _unvisited(output))
-    commit_batch(_unvisited(session), _unvisited(products), _unvisited(output))
+    chunk = held.popleft()
+    output = collect_chunk(_unvisited(session), _unvisited(chunk))
+    append_chunk(_unvisited(session), _unvisited(chunk.products), _unvisited(output))
+    commit_chunk(_unvisited(session), _unvisited(chunk.products), _unvisited(output))
     # The shards hold copies now. Prefect's future <-> state reference cycle would keep this
-    # batch's vectors alive until a full GC: peak memory grew with the catalog (bench/memory).
+    # chunk's vectors alive until a full GC: peak memory grew with the catalog (bench/memory).
     output.vectors.clear()
     report_progress(artifact, session.stats.products, total)
 
@@ -180,6 +185,6 @@ def _unvisited(value: T) -> T:
     return cast(T, quote(value))
 
 
-def _queued(in_flight: InFlight) -> int:
+def _queued(held: deque[PendingChunk]) -> int:
     """Products fetched but not yet written count against max_images too."""
-    return sum(len(products) for products, _ in in_flight)
+    return sum(len(chunk.products) for chunk in held)

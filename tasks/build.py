@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from application.session import BuildSession, open_session
+from application.session import BuildSession, PendingChunk, open_session
 from tasks import progress_events
 from tasks.retry import TRANSIENT_RETRIES
 
@@ -51,36 +51,42 @@ def fetch_products(session: BuildSession, ids: list[ProductId]) -> list[Product]
     return session.fetch_products(ids)
 
 
-@task(name="embed-batch", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
-def embed_batch(session: BuildSession, products: list[Product]) -> EmbedOutput:
-    """Download and embed one batch; bad images come back as failures, not exceptions."""
-    return session.embed(products)
+@task(name="dispatch-chunk", **_TASK_OPTIONS)
+def dispatch_chunk(session: BuildSession, products: list[Product]) -> PendingChunk:
+    """Queue a chunk's embedding calls (batch_size products each) behind the ones in flight."""
+    return session.dispatch(products)
 
 
-@task(name="append-batch", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
-def append_batch(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
-    """Append the batch to each kind's open shard and upload shards it sealed (safe to retry)."""
+@task(name="collect-chunk", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
+def collect_chunk(session: BuildSession, chunk: PendingChunk) -> EmbedOutput:
+    """Wait for the chunk's calls, in catalog order; a retry sends the calls that raised again."""
+    return session.collect(chunk)
+
+
+@task(name="append-chunk", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
+def append_chunk(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
+    """Append the chunk to each kind's open shard and upload shards it sealed (safe to retry)."""
     session.append(products, output)
 
 
-@task(name="retry-batch", **_TASK_OPTIONS)
-def retry_batch(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
+@task(name="retry-chunk", **_TASK_OPTIONS)
+def retry_chunk(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
     """Index the failures that now embed; the others keep their record with a fresh reason."""
     session.retry(products, output)
 
 
-@task(name="commit-batch", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
-def commit_batch(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
-    """Write progress.json last (the commit), then log the batch and tell the CLI's progress bar."""
+@task(name="commit-chunk", **TRANSIENT_RETRIES, **_TASK_OPTIONS)
+def commit_chunk(session: BuildSession, products: list[Product], output: EmbedOutput) -> None:
+    """Write progress.json last (the commit), then log the chunk and tell the CLI's progress bar."""
     progress = session.commit(products, output)
     stats = session.stats
     get_run_logger().info(
-        "batch %d: %d products (%d failed) up to id %r; commit %d",
-        stats.batches,
+        "commit %d: %d products in %d calls (%d failed) up to id %r",
+        progress.commit_seq,
         len(products),
+        -(-len(products) // session.batch_size),
         len(output.failures),
         products[-1].id,
-        progress.commit_seq,
     )
     progress_events.publish("batch", done=stats.products, failed=stats.failed)
 
