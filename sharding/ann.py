@@ -34,18 +34,28 @@ import numpy as np
 from sharding import names
 from sharding.codec import sha256_hex
 from sharding.errors import StateError
-from sharding.progress import AnnList, AnnState, Progress, ShardRecord
+from sharding.progress import (
+    AnnList,
+    AnnListSegment,
+    AnnSegmentRef,
+    AnnState,
+    Progress,
+    ShardRecord,
+)
 from sharding.resume import last_commit_marker
 from sharding.state import get_verified, load_shard, require_progress, shard_records
 from sharding.storage import Storage
 from sharding.tombstones import dead_slots, live_mask
 
 K = 10  # recall@K
+#: List references progress.json keeps inline before they roll into an immutable segment object.
+SEGMENT_LISTS = 100
 _MAGIC = b"FBIVF1\n"
 _HEADER = struct.Struct("<qqq")  # entries, code size, shard number
 _OVERHEAD = len(_MAGIC) + _HEADER.size
 _NAME = re.compile(
-    r"^ann_(?P<kind>[a-z][a-z0-9_]*)_g(?P<g>\d{3,})_(?:trained\.index|shard_\d{5,}\.ivf)$"
+    r"^ann_(?P<kind>[a-z][a-z0-9_]*)_g(?P<g>\d{3,})_"
+    r"(?:trained\.index|shard_\d{5,}(?:_p\d+)?\.ivf|lists_\d{5,}\.json)$"
 )
 
 
@@ -57,6 +67,11 @@ def list_name(kind: str, generation: int, shard: int, part: int = 1) -> str:
     """A shard's list object; a shard whose entries pass the object limit has parts 2, 3, ..."""
     suffix = "" if part == 1 else f"_p{part}"
     return f"ann_{kind}_g{generation:03d}_shard_{names.number(shard)}{suffix}.ivf"
+
+
+def segment_name(kind: str, generation: int, number: int) -> str:
+    """The n-th immutable segment of list references of a generation (from 1)."""
+    return f"ann_{kind}_g{generation:03d}_lists_{names.number(number)}.json"
 
 
 def parse_ann_name(name: str) -> tuple[str, int] | None:
@@ -202,10 +217,64 @@ def _digests(sha256: str):  # type: ignore[no-untyped-def]
     return Digests(sha256)
 
 
+def list_refs(storage: Storage, state: AnnState) -> list[AnnList]:
+    """Every list reference of a state: its segments' (each verified), then the inline ones."""
+    refs: list[AnnList] = []
+    for seg in state.segments:
+        try:
+            segment = AnnListSegment.model_validate_json(
+                get_verified(storage, seg.name, seg.digests)
+            )
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise StateError(f"{seg.name}: not an ann list segment ({exc})") from exc
+        if len(segment.lists) != seg.lists or segment.generation != state.generation:
+            raise StateError(f"{seg.name}: {len(segment.lists)} lists, {seg} committed")
+        refs.extend(segment.lists)
+    return refs + list(state.lists)
+
+
+def roll_segments(
+    kind: str,
+    state_generation: int,
+    segments: list[AnnSegmentRef],
+    lists: list[AnnList],
+    max_bytes: int,
+) -> tuple[list[AnnSegmentRef], list[AnnList], list[tuple[str, bytes]]]:
+    """(segments, inline lists, objects to write): every full run of SEGMENT_LISTS inline
+    references (fewer when that many would not fit in `max_bytes`) rolled into a segment object.
+    Deterministic: the same references give the same bytes under the same names."""
+    segments, written = list(segments), list[tuple[str, bytes]]()
+
+    def encode(run: list[AnnList]) -> bytes:
+        segment = AnnListSegment(kind=kind, generation=state_generation, lists=run)
+        return segment.model_dump_json().encode()
+
+    if not lists:
+        return segments, lists, written
+    per_ref = max(len(ref.model_dump_json()) for ref in lists) + 1
+    size = max(1, min(SEGMENT_LISTS, (max_bytes - len(encode([]))) // per_ref))
+    while len(lists) >= size:
+        run, lists = lists[:size], lists[size:]
+        name = segment_name(kind, state_generation, len(segments) + 1)
+        encoded = encode(run)
+        segments.append(
+            AnnSegmentRef(
+                name=name,
+                sha256=sha256_hex(encoded),
+                lists=len(run),
+                vectors=sum(ref.vectors for ref in run),
+                first_shard=run[0].shard,
+                last_shard=run[-1].shard,
+            )
+        )
+        written.append((name, encoded))
+    return segments, lists, written
+
+
 def read_lists(storage: Storage, state: AnnState) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Every committed list object of a state, each checked against its sha256."""
     out = []
-    for ref in state.lists:
+    for ref in list_refs(storage, state):
         shard, slots, codes = decode_list(
             get_verified(storage, ref.name, _digests(ref.sha256)), ref.name
         )
@@ -307,6 +376,7 @@ def update_ann(
         state.trained_sha256 = sha256_hex(data)
         action = "trained" if generation == 1 else "retrained"
         lists: list[AnnList] = []
+        segments: list[AnnSegmentRef] = []
         committed_lists: list[tuple[int, np.ndarray, np.ndarray]] = []
     else:
         if not new:  # a crash after the last commit may have left objects it no longer names
@@ -315,6 +385,7 @@ def update_ann(
         index = _read_trained(storage, state)
         action = "added"
         lists = list(state.lists)
+        segments = list(state.segments)
         committed_lists = read_lists(storage, state)
     fresh = []
     # Entries per object: a list object stays under the store's object limit (shard_max_bytes).
@@ -338,9 +409,15 @@ def update_ann(
             ref = AnnList(shard=number, name=name, sha256=sha256_hex(data), vectors=len(part_slots))
             lists.append(ref)
             fresh.append((number, part_slots, part_codes))
+    segments, lists, rolled = roll_segments(
+        kind, state.generation, segments, lists, progress.shard_max_bytes
+    )
+    for name, data in rolled:
+        put(name, data)
     full = assemble(index, [*committed_lists, *fresh])
     state = state.model_copy(
         update={
+            "segments": segments,
             "lists": lists,
             "shards": max((s.record.number for s in shards), default=0),
             "vectors": int(full.ntotal),
@@ -597,7 +674,7 @@ def _commit(
 def _delete_unnamed(storage: Storage, kind: str, progress: Progress) -> None:
     """Ann objects of this kind that the commit does not name: an older generation, leftovers."""
     state = progress.ann.get(kind)
-    named = set() if state is None else {state.trained, *(ref.name for ref in state.lists)}
+    named = set() if state is None else _named(storage, state)
     stale = [
         name
         for name in storage.list("ann_")
@@ -607,13 +684,22 @@ def _delete_unnamed(storage: Storage, kind: str, progress: Progress) -> None:
         storage.delete(stale)
 
 
-def committed_ann_objects(progress: Progress) -> set[str]:
-    """Every ann object the commit names (for check and cleanup)."""
-    return {
-        name
-        for state in progress.ann.values()
-        for name in [state.trained, *(ref.name for ref in state.lists)]
-    }
+def committed_ann_objects(storage: Storage, progress: Progress) -> set[str]:
+    """Every ann object the commit names (for check and cleanup); a segment that cannot be
+    read names nothing here (check_ann reports it)."""
+    named: set[str] = set()
+    for state in progress.ann.values():
+        try:
+            named |= _named(storage, state)
+        except StateError:
+            named |= {state.trained, *(ref.name for ref in state.segments)}
+    return named
+
+
+def _named(storage: Storage, state: AnnState) -> set[str]:
+    """The objects a state names: the trained index, its segments, every list (segments read)."""
+    refs = list_refs(storage, state)
+    return {state.trained, *(ref.name for ref in state.segments), *(ref.name for ref in refs)}
 
 
 @dataclass

@@ -140,7 +140,9 @@ def check_store(
         for code, message in check_ann(storage, progress, kind):  # the approximate index
             report.add(kind, code, message)
     _check_failures(storage, progress, report)
-    _check_objects(storage.list(), progress, [k for k in wanted if k in progress.kinds], report)
+    _check_objects(
+        storage, storage.list(), progress, [k for k in wanted if k in progress.kinds], report
+    )
     return report
 
 
@@ -383,11 +385,15 @@ def _check_failures(storage: Storage, progress: Progress, report: AlignmentRepor
 
 
 def _check_objects(
-    listed: list[str], progress: Progress, kinds: list[str], report: AlignmentReport
+    storage: Storage,
+    listed: list[str],
+    progress: Progress,
+    kinds: list[str],
+    report: AlignmentReport,
 ) -> None:
     """Objects no commit names: leftovers of a crashed run are warnings, never failures."""
     leftovers = set(uncommitted_objects(listed, progress, kinds))
-    ann_named = committed_ann_objects(progress)
+    ann_named = committed_ann_objects(storage, progress)
     for name in listed:
         ann = parse_ann_name(name)
         if ann is not None and ann[0] in kinds:  # sharding.ann's objects

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from sharding.codec import ProductId
 from sharding.digests import Digests
@@ -168,6 +169,25 @@ class AnnList(_Model):
     vectors: int  # entries in the object: the shard's slots that were live when it was added
 
 
+class AnnSegmentRef(_ObjectRef):
+    """An immutable object `ann_{kind}_g{GGG}_lists_{NNNNN}.json` holding a fixed run of list
+    references (AnnListSegment), so progress.json does not grow with the index."""
+
+    lists: int
+    vectors: int
+    first_shard: int
+    last_shard: int
+
+
+class AnnListSegment(_Model):
+    """Content of ann_{kind}_g{GGG}_lists_{NNNNN}.json."""
+
+    format_version: int = FORMAT_VERSION
+    kind: str
+    generation: int
+    lists: list[AnnList]
+
+
 class AnnState(_Model):
     """A kind's approximate (IVF) index, absent: none. Sealed shards 1..`shards` are in the
     lists (their slots live at the time each was added); later slots are searched exactly.
@@ -183,11 +203,22 @@ class AnnState(_Model):
     trained_on: int  # live vectors of the kind when this generation was trained
     train_mean_distance: float  # mean squared distance of the sample to its nearest centroid
     shards: int = 0  # sealed shards 1..shards are in the lists
-    vectors: int = 0  # entries over all lists
+    vectors: int = 0  # entries over all lists (segments' and inline)
+    # Older list references rolled into immutable segments (oldest first), then the newest ones
+    # inline (fewer than sharding.ann.SEGMENT_LISTS after a commit).
+    segments: list[AnnSegmentRef] = Field(default_factory=list)
     lists: list[AnnList] = Field(default_factory=list)
     recall_at_10: float | None = None  # measured at the last commit that changed the lists
     recall_queries: int = 0
     serving: bool = False  # recall_at_10 >= the build's minimum: search uses it
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_segments(self, handler: Any) -> Any:
+        # Left out while empty: stores whose lists never rolled read as before segments existed.
+        data = handler(self)
+        if not self.segments and isinstance(data, dict):
+            data.pop("segments", None)
+        return data
 
 
 class SyncPosition(_Model):

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from sharding import BuildConfig, EmbeddedBatch, IndexWriter, InjectedCrash, MemoryStore, load_index
-from sharding.ann import AnnConfig, load_ann, parse_ann_name, read_lists, recall_at, update_ann
+from sharding.ann import (
+    AnnConfig,
+    list_refs,
+    load_ann,
+    parse_ann_name,
+    read_lists,
+    recall_at,
+    update_ann,
+)
 from sharding.codec import ProductId
 from sharding.state import read_progress
 from sharding.storage import CrashingStorage
@@ -231,9 +239,12 @@ def test_objects_stay_under_a_small_shard_limit() -> None:
     assert state is not None and state.shards == 50 and state.vectors == 2000
     # IVFFlat entries (slot + list number + vector) are 9 bytes larger than a shard's rows:
     # a full shard's entries take two objects.
-    assert len(state.lists) == 100 and {ref.shard for ref in state.lists} == set(range(1, 51))
-    for ref in state.lists:
-        assert len(store.get(ref.name)) <= limit
+    refs = list_refs(store, state)
+    assert len(refs) == 100 and {ref.shard for ref in refs} == set(range(1, 51))
+    # References roll into segments of as many as fit under the limit (not 100), the rest inline.
+    assert [seg.lists for seg in state.segments] == [35, 35] and len(state.lists) == 30
+    for name in [*(ref.name for ref in refs), *(seg.name for seg in state.segments)]:
+        assert len(store.get(name)) <= limit
     # The trained index (nlist x 32 floats) holds fewer lists so that it fits too.
     assert state.nlist < 50 and len(store.get(state.trained)) <= limit
 
@@ -281,3 +292,37 @@ def test_check_verifies_the_approximate_index() -> None:
     found = _problems(store)
     assert ("ann_lists", "error") in found  # shard 1's live slots are in no list
     assert ("uncommitted_object", "warning") in found  # its list object is named by no commit
+
+
+def test_list_references_roll_into_segments_and_progress_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """progress.json keeps fewer than SEGMENT_LISTS list references inline; the rest are in
+    immutable segment objects it names with their sha256 (check verifies them)."""
+    monkeypatch.setattr("sharding.ann.SEGMENT_LISTS", 4)
+    store = MemoryStore()
+    build(store, 1, 3000)  # 6 sealed shards: one segment of 4, 2 inline
+    state = update_ann(store, KIND, ANN, run_id="ann").state
+    assert state is not None and len(state.segments) == 1 and len(state.lists) == 2
+    segment = state.segments[0]
+    assert (segment.first_shard, segment.last_shard, segment.lists) == (1, 4, 4)
+    assert segment.name == "ann_color_g001_lists_00001.json"
+    committed = {name: store.get(name) for name in store.list("ann_")}
+    steady = AnnConfig(**{**ANN.__dict__, "drift_growth": 100.0, "drift_distance": 100.0})
+    for first in range(3001, 6001, 500):  # one more sealed shard per update
+        build(store, first, 500, run_id=f"r{first}")
+        report = update_ann(store, KIND, steady, run_id=f"a{first}")
+        state = report.state
+        assert report.action == "added" and state is not None and len(state.lists) < 4
+        # One list object, and a segment object every fourth update: never the older ones.
+        assert len(report.written) == (2 if len(state.lists) == 0 else 1)
+    assert [ref.shard for ref in list_refs(store, state)] == list(range(1, 13))
+    assert len(state.segments) == 3 and state.lists == []
+    for name, data in committed.items():  # nothing committed is rewritten
+        assert store.get(name) == data
+    assert _problems(store) == []
+    queries = clustered(10, 88_000)
+    assert ann_ids(store, queries, 10, nprobe=32) == exact(store, queries, 10)
+    bad = state.segments[1]
+    store.put(bad.name, store.get(bad.name).replace(b'"vectors":500', b'"vectors":499', 1))
+    assert ("ann_object", "error") in _problems(store)
