@@ -141,6 +141,17 @@ class KindProgress(_Model):
     dead: int = 0
     tombstones: list[TombstoneRef] = Field(default_factory=list)
     recent_dead: list[int] = Field(default_factory=list)
+    # How many times the kind was compacted (sharding.compact); its layout objects are named
+    # with it (names.shard_index(kind, n, compaction)). Left out of the file while 0, so stores
+    # never compacted read as before.
+    compaction: int = Field(default=0, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_compaction(self, handler: Any) -> Any:
+        data = handler(self)
+        if self.compaction == 0 and isinstance(data, dict):
+            data.pop("compaction", None)
+        return data
 
     @property
     def live_vectors(self) -> int:

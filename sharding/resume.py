@@ -107,8 +107,8 @@ def _kind_problems(kind: str, kp: KindProgress) -> list[str]:
         if record.number != expected:
             problems.append(f"shard record {record.number} out of sequence (expected {expected})")
         if (record.name, record.id_map) != (
-            names.shard_index(kind, record.number),
-            names.shard_id_map(kind, record.number),
+            names.shard_index(kind, record.number, kp.compaction),
+            names.shard_id_map(kind, record.number, kp.compaction),
         ):
             problems.append(f"shard record {record.number} names {record.name}, {record.id_map}")
         if not record.sealed and i != len(kp.shards) - 1:
@@ -235,6 +235,7 @@ def uncommitted_objects(
     last_shard = {k: progress.kinds[k].last_shard_number() for k in kinds if k in progress.kinds}
     segments = {k: len(progress.kinds[k].segments) for k in kinds if k in progress.kinds}
     tombstones = {k: len(progress.kinds[k].tombstones) for k in kinds if k in progress.kinds}
+    compaction = {k: progress.kinds[k].compaction for k in kinds if k in progress.kinds}
     # A retry rewrites the failure log under new numbers: a chunk is stale unless named.
     chunks = {ref.name for ref in progress.failures.chunks}
     leftovers = []
@@ -246,6 +247,8 @@ def uncommitted_objects(
             stale = name not in chunks
         elif parsed.kind not in kinds:
             continue
+        elif parsed.compaction != compaction.get(parsed.kind or "", 0):
+            stale = True  # retired by a compaction, or written by one that did not commit
         elif parsed.role == "manifest":
             stale = parsed.number > segments.get(parsed.kind or "", 0)
         elif parsed.role == "tombstones":

@@ -49,10 +49,11 @@ class TombstoneJournal:
     chunks: list[TombstoneRef] = field(default_factory=list)
     recent: list[int] = field(default_factory=list)
     dead: int = 0
+    compaction: int = 0  # the kind's compaction, which its chunk names carry
 
     @classmethod
     def from_committed(cls, kind: str, kp: KindProgress) -> TombstoneJournal:
-        return cls(kind, list(kp.tombstones), list(kp.recent_dead), kp.dead)
+        return cls(kind, list(kp.tombstones), list(kp.recent_dead), kp.dead, kp.compaction)
 
     def kill(self, slot: int) -> None:
         self.recent.append(slot)
@@ -65,7 +66,7 @@ class TombstoneJournal:
         """Write full chunks of recent dead slots as immutable objects, oldest first."""
         while len(self.recent) >= size:
             slots = self.recent[:size]
-            name = names.tombstone_chunk(self.kind, len(self.chunks) + 1)
+            name = names.tombstone_chunk(self.kind, len(self.chunks) + 1, self.compaction)
             data = TombstoneChunk(kind=self.kind, slots=slots).model_dump_json().encode()
             storage.put(name, data, immutable=True)
             self.chunks.append(TombstoneRef(name=name, sha256=sha256_hex(data), count=size))

@@ -107,15 +107,17 @@ class _Shard:
     def encode(self) -> tuple[bytes, bytes]:
         return encode_index(self.vectors, self.vectors.shape[1]), encode_ids(self.ids)
 
-    def record(self, index_bytes: bytes, id_bytes: bytes, kind: str, sealed: bool) -> ShardRecord:
+    def record(
+        self, index_bytes: bytes, id_bytes: bytes, kind: str, sealed: bool, compaction: int = 0
+    ) -> ShardRecord:
         if len(self.ids) != len(self.vectors):
             raise StateError(
                 f"{kind} shard {self.number}: {len(self.vectors)} vectors, {len(self.ids)} ids"
             )
         return ShardRecord(
             number=self.number,
-            name=names.shard_index(kind, self.number),
-            id_map=names.shard_id_map(kind, self.number),
+            name=names.shard_index(kind, self.number, compaction),
+            id_map=names.shard_id_map(kind, self.number, compaction),
             vectors=len(self.ids),
             sha256=sha256_hex(index_bytes),
             id_map_sha256=sha256_hex(id_bytes),
@@ -145,6 +147,7 @@ class _KindState:
     tombstones: TombstoneJournal = field(default_factory=lambda: TombstoneJournal(""))
     #: id -> live slot, built on first need (a replacement or delete): None until then.
     live: LiveSlots | None = None
+    compaction: int = 0  # the kind's compaction (sharding.compact): its object names carry it
 
     def may_be_live(self, ids: Sequence[ProductId]) -> bool:
         """Whether any of these ids can have a live slot (cheap: no map for a fresh batch)."""
@@ -190,7 +193,7 @@ class _KindState:
     def seal(self) -> None:
         """Seal the open shard as it is (also when a smaller limit leaves it over the capacity)."""
         index_bytes, id_bytes = self.open.encode()
-        record = self.open.record(index_bytes, id_bytes, self.kind, sealed=True)
+        record = self.open.record(index_bytes, id_bytes, self.kind, True, self.compaction)
         self.uploads[record.name] = index_bytes
         self.uploads[record.id_map] = id_bytes
         self.sealed.append(record)
@@ -210,6 +213,7 @@ class _KindState:
             dead=self.tombstones.dead,
             tombstones=list(self.tombstones.chunks),
             recent_dead=list(self.tombstones.recent),
+            compaction=self.compaction,
         )
 
     def assert_aligned(self) -> None:
@@ -536,7 +540,7 @@ class IndexWriter:
         if not state.open_dirty:
             return
         index_bytes, id_bytes = state.open.encode()
-        record = state.open.record(index_bytes, id_bytes, state.kind, sealed=False)
+        record = state.open.record(index_bytes, id_bytes, state.kind, False, state.compaction)
         self.storage.put(record.name, index_bytes)
         self.storage.put(record.id_map, id_bytes)
         state.open_record, state.open_dirty = record, False
@@ -545,7 +549,7 @@ class IndexWriter:
         size = self._rollup.segment_shards
         while len(state.sealed) >= size:
             records = state.sealed[:size]
-            name = names.manifest_segment(state.kind, len(state.segments) + 1)
+            name = names.manifest_segment(state.kind, len(state.segments) + 1, state.compaction)
             data = ManifestSegment(kind=state.kind, shards=records).model_dump_json().encode()
             self.storage.put(name, data, immutable=True)
             state.segments.append(_segment_ref(name, data, records))
@@ -631,6 +635,7 @@ def _restore_kind(
         # An uncommitted run overwrote the open shard: rewrite it to the committed bytes.
         open_dirty=trimmed,
         tombstones=TombstoneJournal.from_committed(kind, kp),
+        compaction=kp.compaction,
     )
     if shard.ids and len(shard.ids) >= state.capacity:
         state.seal()  # a smaller shard_max_bytes: the open shard takes no more vectors
