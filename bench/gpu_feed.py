@@ -127,32 +127,48 @@ def photo_bodies() -> list[bytes]:
 
 def run_container(
     embedder: SimulatedA10G, refs: list[ImageRef], cores: int, inputs: int
-) -> tuple[float, float]:
-    """(images/s, GPU busy fraction) of one container pinned to `cores` cores."""
-    from modal_workers.app import container_threads
+) -> tuple[float, float, int]:
+    """(images/s, GPU busy fraction, preparation processes) of one container on `cores` cores.
+
+    Sized as the Modal class sizes itself (modal_workers.app.container_preparation): on one core
+    the calls prepare in-process; on more, a PreparePool started once for the container (before
+    the clock starts, as @modal.enter does) prepares in one process per core.
+    """
+    from modal_workers.app import container_preparation, container_threads
     from modal_workers.fetch import SharedClients
     from modal_workers.pipeline import embed_refs
+    from modal_workers.prepare_pool import PreparePool
 
     limits = FetchLimits(allow_private_urls=True, threads=container_threads(float(cores)))
     clients = SharedClients(callers=inputs)
+    processes, threads_per_process = container_preparation(float(cores), inputs)
+    pool = PreparePool.for_embedder(
+        embedder, processes, threads_per_process=threads_per_process, callers=inputs
+    )
     calls = [refs[i : i + CALL_IMAGES] for i in range(0, len(refs), CALL_IMAGES)]
 
     def call(batch: list[ImageRef]) -> int:
         output = embed_refs(
             batch, KINDS, embedder, limits, forward_batch=embedder.forward_batch,
-            client=clients.get(limits),
+            client=clients.get(limits), pool=pool,
         )  # fmt: skip
         if output.failures:
             raise RuntimeError(f"bench images failed: {output.failures[:2]}")
         return len(output.ids)
 
-    embedder.busy_s = 0.0
-    started = time.perf_counter()
-    with ThreadPoolExecutor(inputs) as pool:  # INPUTS_PER_CONTAINER calls at once
-        done = sum(pool.map(call, calls))
-    elapsed = time.perf_counter() - started
-    clients.close()
-    return done / elapsed, embedder.busy_s / elapsed
+    try:
+        if pool is not None:  # its processes' first images (imports, allocator) off the clock
+            call(refs[: CALL_IMAGES // 4])
+        embedder.busy_s = 0.0
+        started = time.perf_counter()
+        with ThreadPoolExecutor(inputs) as threads:  # INPUTS_PER_CONTAINER calls at once
+            done = sum(threads.map(call, calls))
+        elapsed = time.perf_counter() - started
+    finally:
+        clients.close()
+        if pool is not None:
+            pool.close()
+    return done / elapsed, embedder.busy_s / elapsed, processes
 
 
 def measure(
@@ -176,11 +192,11 @@ def measure(
         hollow = NoForward(0.0, 0.0, forward_batch)
         os.sched_setaffinity(0, available[:1])
         run_container(hollow, refs[: CALL_IMAGES // 4], 1, INPUTS_PER_CONTAINER)  # warm-up
-        prep_one, _ = run_container(hollow, refs[:images], 1, INPUTS_PER_CONTAINER)
+        prep_one, _, _ = run_container(hollow, refs[:images], 1, INPUTS_PER_CONTAINER)
         for round_number, cores in enumerate(cores_list, start=1):
             os.sched_setaffinity(0, available[:cores])
             part = refs[round_number * images : (round_number + 1) * images]
-            rate, busy = run_container(sim, part, cores, INPUTS_PER_CONTAINER)
+            rate, busy, processes = run_container(sim, part, cores, INPUTS_PER_CONTAINER)
             limit = min(gpu_rate(sim), cores * prep_one)
             rows.append(
                 {
@@ -189,6 +205,7 @@ def measure(
                     "images": len(part),
                     "inputs_per_container": INPUTS_PER_CONTAINER,
                     "threads_per_call": container_threads(float(cores)),
+                    "prepare_processes": processes,
                     "images_per_s": round(rate, 1),
                     "gpu_busy": round(busy, 3),
                     "gpu_images_per_s": round(gpu_rate(sim), 1),

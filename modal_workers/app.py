@@ -5,7 +5,8 @@ Deploy-time settings (read once, below): FAISS_BUILDER_MODAL_GPU (A10G), FAISS_B
 FAISS_BUILDER_MODAL_TIMEOUT_S (600), FAISS_BUILDER_MODAL_RETRIES (2), FAISS_BUILDER_MODAL_SCALEDOWN_S (120),
 FAISS_BUILDER_MODAL_CPU (8.0 physical cores reserved for fetch/decode/views), FAISS_BUILDER_MODAL_MEMORY_MB
 (16384), FAISS_BUILDER_MODAL_INPUTS_PER_CONTAINER (2 calls at once per container, so one call's
-download and decode overlap the other's forward).
+download and decode overlap the other's forward), FAISS_BUILDER_MODAL_PREPARE_PROCESSES (auto: one
+preparation process per usable core, none below two cores; 0 = prepare in the embedding process).
 The orchestrator reaches it through modal_workers.remote.ModalEmbedClient; torch is imported only
 inside the container (the orchestrator side imports nothing heavy from this file).
 """
@@ -40,6 +41,9 @@ SCALEDOWN_S = int(deploy_setting("SCALEDOWN_S", str(2 * MINUTES)))
 CPU = float(deploy_setting("CPU", "8.0"))
 MEMORY_MB = int(deploy_setting("MEMORY_MB", "16384"))
 INPUTS_PER_CONTAINER = int(deploy_setting("INPUTS_PER_CONTAINER", "2"))
+# Preparation processes (fetch, decode, views): "auto" = one per usable core (the reservation,
+# the CPU affinity and the cgroup quota, whichever is least), none below two cores.
+PREPARE_PROCESSES = deploy_setting("PREPARE_PROCESSES", "auto")
 # Fetch/decode threads per reserved core: a fetch waits on the network most of its time.
 THREADS_PER_CPU = 4
 
@@ -47,6 +51,23 @@ THREADS_PER_CPU = 4
 def container_threads(cpu: float = CPU, asked: int = 0) -> int:
     """Fetch/decode threads of one call in a container reserving `cpu` cores (at least `asked`)."""
     return max(asked, math.ceil(THREADS_PER_CPU * cpu))
+
+
+def container_preparation(
+    cpu: float = CPU, callers: int = INPUTS_PER_CONTAINER, asked: str | None = None
+) -> tuple[int, int]:
+    """(preparation processes, threads in each) for a container reserving `cpu` cores.
+
+    0 processes: the calls prepare in the embedding process (one core: no pool to pay for). The
+    processes together run as many fetch threads as `callers` in-process calls would.
+    """
+    from modal_workers.prepare_pool import preparation_processes  # numpy/Pillow/httpx, no torch
+
+    asked = PREPARE_PROCESSES if asked is None else asked
+    processes = preparation_processes(cpu, None if asked == "auto" else int(asked))
+    if processes == 0:
+        return 0, 0
+    return processes, max(2, math.ceil(container_threads(cpu) * max(1, callers) / processes))
 
 
 def deployment() -> dict[str, Any]:
@@ -58,6 +79,7 @@ def deployment() -> dict[str, Any]:
         "max_containers": MAX_CONTAINERS,
         "inputs_per_container": INPUTS_PER_CONTAINER,
         "threads_per_call": container_threads(),
+        "prepare_processes": container_preparation()[0],
         "timeout_s": TIMEOUT_S,
         "retries": RETRIES,
     }
@@ -89,6 +111,7 @@ with image.imports():
     from modal_workers.embedders import DEFAULT_CLIP_MODEL, ImageEmbedder, load_embedder
     from modal_workers.fetch import SharedClients
     from modal_workers.pipeline import embed_refs
+    from modal_workers.prepare_pool import PreparePool
     from modal_workers.types import FetchLimits, ImageRef
 
 
@@ -108,8 +131,11 @@ class Embedder:
     """One loaded embedder and one HTTP client per container; `embed` takes (id, url) pairs.
 
     The forward batch is the embedder's own for its device (CLIP: 128 images per call of
-    embed_views on CUDA, i.e. 256-image forwards for two views, fp16; 32 on CPU); each call
-    prepares images in container_threads() threads; INPUTS_PER_CONTAINER calls run at once.
+    embed_views on CUDA, i.e. 256-image forwards for two views, fp16; 32 on CPU);
+    INPUTS_PER_CONTAINER calls run at once. Preparation (fetch, decode, views) runs in the
+    container's PreparePool, started once in `load`: one process per usable core
+    (container_preparation), each with its own HTTP client; with one core it runs in
+    container_threads() threads of each call.
     """
 
     embedder: str = modal.parameter(default="clip")
@@ -121,6 +147,10 @@ class Embedder:
         self.clients = SharedClients(
             callers=INPUTS_PER_CONTAINER
         )  # TLS context built once per container, not per call
+        processes, threads = container_preparation()
+        self.pool: PreparePool | None = PreparePool.for_embedder(
+            self.engine, processes, threads_per_process=threads, callers=INPUTS_PER_CONTAINER
+        )  # once per container; None = prepare in-process
         if not modal.is_local():
             hf_cache.commit()  # keep freshly downloaded weights for the next container
 
@@ -139,8 +169,18 @@ class Embedder:
             fetch,
             forward_batch=self.engine.forward_batch,
             client=self.clients.get(fetch),
+            pool=self.pool,
         )
         return output.to_wire()
+
+    @modal.exit()
+    def close(self) -> None:
+        """Stop the preparation processes and close the fetch clients."""
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.close()
+        if getattr(self, "clients", None) is not None:
+            self.clients.close()
 
     @modal.method()
     def describe(self) -> dict[str, Any]:

@@ -7,11 +7,13 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 import numpy as np
+from PIL import Image
 
 from modal_workers.budget import PixelBudget
 from modal_workers.decode import finish_decode, open_for_decode, without_bytes
@@ -28,9 +30,21 @@ from modal_workers.types import (
 )
 from modal_workers.views import assemble_kinds
 
+if TYPE_CHECKING:
+    from modal_workers.prepare_pool import PreparePool
+
 Prepared = dict[str, np.ndarray]
 FORWARD_BATCH = DEFAULT_FORWARD_BATCH  # when neither the caller nor the embedder says
 WINDOW_BATCHES = 3  # images prepared ahead of the model: bounded memory, GPU kept fed
+
+
+class Preparing(Protocol):
+    """What load_prepared needs of an embedder (an ImageEmbedder, or a pool's CropPreparer)."""
+
+    @property
+    def decode_edge(self) -> int: ...
+
+    def prepare(self, image: Image.Image, views: Sequence[str]) -> Prepared: ...
 
 
 def embed_refs(
@@ -42,6 +56,7 @@ def embed_refs(
     forward_batch: int | None = None,
     budget: PixelBudget | None = None,
     client: httpx.Client | None = None,
+    pool: PreparePool | None = None,
 ) -> EmbedOutput:
     """Embed refs; ids keep the input order of successes, each refusal becomes a FailedProduct.
 
@@ -50,35 +65,70 @@ def embed_refs(
     crops wait for the model, and the threads hold at most limits.max_pixels_in_flight decoded
     pixels at once (PixelBudget). `client` is a fetch client the caller keeps across calls (a
     Modal container's SharedClients); without one, the call opens and closes its own.
+
+    `pool` (a PreparePool made for this embedder's crop) prepares in its worker processes, each
+    with its own client and pixel budgets (`client`, `budget` and limits.threads are then the
+    pool's, not the call's): same ids, vectors and failures, in the same order.
     """
     kinds = check_kinds(kinds)
     limits = limits or FetchLimits()
     batch_size: int = forward_batch or getattr(embedder, "forward_batch", None) or FORWARD_BATCH
     views = views_for(kinds)
-    budget = budget or PixelBudget(limits.max_pixels_in_flight)
     ids: list = []
     parts: dict[str, list[np.ndarray]] = {view: [] for view in views}
     failures: list[FailedProduct] = []
-    opened = nullcontext(client) if client is not None else open_client(limits)
-    with opened as fetch_client, ThreadPoolExecutor(limits.threads) as pool:
-
-        def load(ref: ImageRef) -> Prepared | FailedProduct:
-            return load_prepared(ref, views, embedder, limits, fetch_client, budget)
-
-        results = prepared_in_order(pool, load, refs, window=batch_size * WINDOW_BATCHES)
-        for batch in successes_in_batches(results, batch_size, failures):
-            ids.extend(ref.id for ref, _ in batch)
-            stacked = {view: np.stack([prep[view] for _, prep in batch]) for view in views}
+    with prepared_batches(
+        refs, views, embedder, limits, batch_size, failures, budget, client, pool
+    ) as batches:
+        for batch_ids, stacked in batches:
+            ids.extend(batch_ids)
             for view, vectors in embedder.embed_views(stacked).items():
                 parts[view].append(vectors)
     by_view = {view: join_parts(parts[view], embedder.dims[view]) for view in views}
     return EmbedOutput(ids=ids, vectors=assemble_kinds(by_view, kinds), failures=failures)
 
 
+@contextmanager
+def prepared_batches(
+    refs: Sequence[ImageRef],
+    views: Sequence[str],
+    embedder: ImageEmbedder,
+    limits: FetchLimits,
+    batch_size: int,
+    failures: list[FailedProduct],
+    budget: PixelBudget | None,
+    client: httpx.Client | None,
+    pool: PreparePool | None,
+) -> Iterator[Iterator[tuple[list, dict[str, np.ndarray]]]]:
+    """Forward batches (ids, {view: stacked uint8}) in input order; failures go to `failures`."""
+    if pool is not None and pool.serves(embedder):
+        batches = pool.prepared_batches(refs, views, limits, batch_size, failures)
+        try:
+            yield batches
+        finally:
+            batches.close()  # frees the slots of chunks an aborted call still held
+        return
+    budget = budget or PixelBudget(limits.max_pixels_in_flight)
+    opened = nullcontext(client) if client is not None else open_client(limits)
+    with opened as fetch_client, ThreadPoolExecutor(limits.threads) as threads:
+
+        def load(ref: ImageRef) -> Prepared | FailedProduct:
+            return load_prepared(ref, views, embedder, limits, fetch_client, budget)
+
+        results = prepared_in_order(threads, load, refs, window=batch_size * WINDOW_BATCHES)
+        yield (
+            (
+                [ref.id for ref, _ in batch],
+                {view: np.stack([prep[view] for _, prep in batch]) for view in views},
+            )
+            for batch in successes_in_batches(results, batch_size, failures)
+        )
+
+
 def load_prepared(
     ref: ImageRef,
     views: Sequence[str],
-    embedder: ImageEmbedder,
+    embedder: Preparing,
     limits: FetchLimits,
     client: httpx.Client,
     budget: PixelBudget | None = None,

@@ -14,6 +14,7 @@ import pytest
 from modal_workers.app import APP_NAME, Embedder, app
 from modal_workers.embedders import load_embedder
 from modal_workers.pipeline import embed_refs
+from modal_workers.prepare_pool import preparation_processes
 from modal_workers.types import EmbedOutput, FetchLimits, ImageRef
 from tests.support.image_server import ImageServer
 
@@ -112,6 +113,8 @@ def test_the_deployed_class_reserves_what_the_defaults_say() -> None:
     # What describe() tells the orchestrator is what was deployed: it fills 10 x 2 calls.
     assert described["max_containers"] == 10 and described["inputs_per_container"] == 2
     assert described["threads_per_call"] == 32  # 4 per reserved core
+    # One preparation process per usable core (8 reserved, fewer where fewer are usable here).
+    assert described["prepare_processes"] == preparation_processes(8.0)
 
 
 def test_deploy_time_variables_set_the_deployed_resources() -> None:
@@ -124,6 +127,7 @@ def test_deploy_time_variables_set_the_deployed_resources() -> None:
         "FAISS_BUILDER_MODAL_MAX_CONTAINERS": "25",
         "FAISS_BUILDER_MODAL_INPUTS_PER_CONTAINER": "3",
         "FAISS_BUILDER_MODAL_SCALEDOWN_S": "60",
+        "FAISS_BUILDER_MODAL_PREPARE_PROCESSES": "3",
     }
     resources = deployed_resources(env)
     described = resources.pop("described")
@@ -138,6 +142,7 @@ def test_deploy_time_variables_set_the_deployed_resources() -> None:
         "scaledown_s": 60,
     }
     assert described["threads_per_call"] == 14 and described["inputs_per_container"] == 3
+    assert described["prepare_processes"] == 3
 
 
 def test_describe_tells_the_orchestrator_the_deployment(tiny_clip_dir: Path) -> None:
@@ -165,3 +170,36 @@ def test_one_fetch_client_serves_every_call_of_a_container(
     assert not got[0].is_closed
     clients.close()
     assert got[0].is_closed
+
+
+def test_the_container_starts_its_preparation_processes_once(
+    tiny_clip_dir: Path, image_server: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two calls, one pool started by the enter hook: the same processes serve both calls, and
+    the answers are those of in-process preparation (successes in order, each failure's reason)."""
+    import modal_workers.app as deployed
+
+    monkeypatch.setattr(deployed, "PREPARE_PROCESSES", "2")  # whatever this machine's cores
+    embedder = Embedder(embedder="clip", model=str(tiny_clip_dir))
+    refs = [
+        (1, image_server.url("/photos/coffee.jpg")),
+        ("b", image_server.url("/status/404")),
+        (3, image_server.zoo_url("truncated_jpeg")),
+        (4, image_server.url("/photos/rocket.jpg")),
+    ]
+    limits = FetchLimits(allow_private_urls=True, timeout_s=2)
+    first = EmbedOutput.from_wire(embedder.embed.local(refs, ["combined"], limits.to_dict()))
+    pool = embedder.pool
+    assert pool is not None and len(pool.pids()) == 2
+    pids = pool.pids()
+    try:
+        second = EmbedOutput.from_wire(embedder.embed.local(refs, ["combined"], limits.to_dict()))
+        assert embedder.pool is pool and pool.pids() == pids and pool.restarts == 0
+    finally:
+        pool.close()
+    engine = load_embedder("clip", str(tiny_clip_dir), device="cpu")
+    alone = embed_refs([ImageRef(i, u) for i, u in refs], ["combined"], engine, limits)
+    for output in (first, second):
+        assert output.ids == alone.ids == [1, 4] and output.failures == alone.failures
+        np.testing.assert_allclose(output.vectors["combined"], alone.vectors["combined"], atol=1e-6)
+    assert [f.reason for f in first.failures] == ["fetch_http_404", "decode_error"]
