@@ -24,9 +24,10 @@ def search_store(
     """Top-k neighbours of an indexed product (its stored vector), a query image or a text.
 
     A kind with a serving approximate index (sharding.ann) is searched through it unless
-    `exact`; the result's `method` says which (`ivf` or `exact`)."""
+    `exact`; the result's `method` says which (`ivf` or `exact`). Such a kind is memory-mapped
+    (application.searcher.load_kind): `exact` streams its shards one at a time."""
+    from application.searcher import load_kind
     from sharding.ann import load_ann
-    from sharding.loader import load_index
     from sharding.state import require_progress
 
     storage = open_storage(settings)
@@ -34,7 +35,7 @@ def search_store(
     if kind not in progress.kinds:
         built = ", ".join(progress.kinds) or "none"
         raise UsageError(f"--kind {kind}: this store has no {kind} index (built: {built})")
-    index = load_index(storage, kind, cache_dir=_cache_dir(settings))
+    index = load_kind(storage, progress, kind, cache_dir=_cache_dir(settings))
     if product_id is not None:
         query_id = _as_indexed_id(product_id, index.ids)
         vector, query = _stored_vector(index, query_id), f"product {query_id!r}"

@@ -1,7 +1,11 @@
 """One commit of a store loaded in memory and searchable: by id, by a query vector, by brand.
 
 A kind with a serving approximate index (sharding.ann: IVF lists over the sealed shards plus an
-exact scan of the rest) is searched through it; other kinds by the exact flat scan.
+exact scan of the rest) is searched through it; other kinds by the exact flat scan. Such a kind
+is loaded with sharding.loader.map_index: its sealed shards' vectors stay on disk (memory-mapped:
+the store's own files for a local store, the cache folder's copies for a remote one) and only
+the re-rank's candidates are read per query, so memory holds the lists' codes and the ids, not
+the vectors; `exact=True` then streams the shards one at a time.
 
 The HTTP service (service/) keeps one `LoadedCommit` per commit it serves; the CLI's
 `search` (application.queries) shares the query-vector helpers. Read-only: nothing here writes.
@@ -170,21 +174,26 @@ def load_commit(
     catalog: Catalog | None,
     kinds: Iterable[str] | None = None,
     cache_dir: Path | None = None,
+    mapped: bool | None = None,
 ) -> LoadedCommit:
     """Load the store's last commit: every kind (or `kinds`), all from that one commit.
 
     A build may commit while the kinds load one after another; the load then starts again
     (LOAD_ATTEMPTS times) so that a LoadedCommit never mixes two commits.
+    `mapped`: leave sealed shards' vectors on disk (sharding.loader.map_index) for every kind
+    (True), none (False), or the kinds with a serving approximate index (None, the default).
     """
     from sharding.errors import StateError
-    from sharding.loader import load_index
     from sharding.state import require_progress
 
     wanted = None if kinds is None else list(kinds)
     for _ in range(LOAD_ATTEMPTS):
         progress = require_progress(storage)
         served = [k for k in progress.kinds if wanted is None or k in wanted]
-        indexes = {kind: load_index(storage, kind, cache_dir=cache_dir) for kind in served}
+        indexes = {
+            kind: load_kind(storage, progress, kind, cache_dir=cache_dir, mapped=mapped)
+            for kind in served
+        }
         if all(index.progress.commit_seq == progress.commit_seq for index in indexes.values()):
             if indexes:
                 progress = next(iter(indexes.values())).progress
@@ -206,6 +215,25 @@ def load_commit(
             kind: _positions_by_brand(index.ids, view) for kind, index in indexes.items()
         },
     )
+
+
+def load_kind(
+    storage: Storage,
+    progress: Progress,
+    kind: str,
+    *,
+    cache_dir: Path | None = None,
+    mapped: bool | None = None,
+) -> ShardedIndex:
+    """One kind's index: memory-mapped (map_index) where `mapped`, or by default where an
+    approximate index serves (its search reads only candidates); in memory otherwise."""
+    from sharding.loader import load_index, map_index
+
+    if mapped is None:
+        state = progress.ann.get(kind)
+        mapped = state is not None and state.serving
+    load = map_index if mapped else load_index
+    return load(storage, kind, cache_dir=cache_dir)
 
 
 def _approximate(storage: Storage, indexes: dict[str, ShardedIndex]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import numpy as np
 from sharding import names
 from sharding.codec import sha256_hex
 from sharding.errors import StateError
+from sharding.loader import Vectors
 from sharding.progress import (
     AnnList,
     AnnListSegment,
@@ -714,16 +715,17 @@ class LoadedAnn:
 
     def search(
         self,
-        vectors: np.ndarray,
+        vectors: Vectors,
         queries: np.ndarray,
         k: int,
         *,
         rows: np.ndarray | None = None,
         nprobe: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) k per query over the live `vectors` (the loader's array): the lists
-        (dead slots and, with `rows`, everything outside them excluded by an IDSelector),
-        re-scored exactly, merged with an exact scan of the rows after the lists. -1: none."""
+        """(scores, rows) k per query over the live `vectors` (the loader's array, or
+        map_index's MappedVectors: only the candidates' rows are read): the lists (dead slots
+        and, with `rows`, everything outside them excluded by an IDSelector), re-scored
+        exactly, merged with an exact scan of the rows after the lists. -1: none."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         tail_start = int(np.searchsorted(self.live_slots, self.covered))
         keep: list[object] = []  # selectors must outlive the search

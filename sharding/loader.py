@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import mmap
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ import numpy as np
 from sharding.codec import ProductId, flat_ip_header, flat_ip_layout_holds
 from sharding.digests import Digests, Match, match_committed, trusted
 from sharding.errors import ObjectNotFound, StateError
-from sharding.local_store import read_file_into
+from sharding.local_store import LocalStore, read_file_into
 from sharding.progress import Progress, ShardRecord
 from sharding.state import (
     committed_ids,
@@ -39,6 +41,120 @@ class Hit:
     score: float
 
 
+class MappedVectors:
+    """The live vectors of a kind as (n, dim) float32 rows read on demand, one block per shard.
+
+    A sealed shard's block is a read-only np.memmap of its file's vector block (a local store's
+    file, or the cache's exact copy of a remote one), mapped with MADV_RANDOM so that a read of
+    one row brings in its page, not a readahead window; the open shard's block is in memory. Row
+    r is the r-th live slot (dead slots are skipped, as in ShardedIndex). `take` gathers rows
+    (the re-rank of an approximate search: ~2 pages per candidate), `scan` streams the blocks
+    (exact search), dropping each mapped block's pages from this process after use.
+    """
+
+    dtype = np.dtype(np.float32)
+    ndim = 2
+
+    def __init__(self, blocks: list[np.ndarray], dim: int, live: np.ndarray | None) -> None:
+        self.blocks = blocks
+        self.dim = dim
+        self.starts = np.concatenate([[0], np.cumsum([len(b) for b in blocks])]).astype(np.int64)
+        self.live = live  # slot of each live row, ascending; None: every slot is live
+        self.shape = (int(self.starts[-1]) if live is None else len(live), dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def mapped_bytes(self) -> int:
+        """Bytes of vectors left on disk (mapped), not held in memory."""
+        return sum(b.nbytes for b in self.blocks if isinstance(b, np.memmap))
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of these rows (a copy; a view for a run of rows inside one block)."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if not len(rows):
+            return np.zeros((0, self.dim), np.float32)
+        if rows.min() < 0 or rows.max() >= len(self):
+            raise IndexError(f"rows outside 0..{len(self) - 1}")
+        slots = rows if self.live is None else self.live[rows]
+        which = np.searchsorted(self.starts, slots, side="right") - 1
+        first, last = int(which[0]), int(which[-1])
+        if first == last and int(slots[-1]) - int(slots[0]) == len(slots) - 1:
+            lo = int(slots[0] - self.starts[first])
+            return np.asarray(self.blocks[first][lo : lo + len(slots)])
+        out = np.empty((len(rows), self.dim), np.float32)
+        order = np.argsort(which, kind="stable")
+        for group in np.split(order, np.flatnonzero(np.diff(which[order])) + 1):
+            block = int(which[group[0]])
+            out[group] = self.blocks[block][slots[group] - self.starts[block]]
+        return out
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        if isinstance(key, int | np.integer):
+            return self.take(np.asarray([key]))[0]
+        if isinstance(key, slice):
+            return self.take(np.arange(*key.indices(len(self))))
+        return self.take(np.asarray(key))
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        return self.take(np.arange(len(self)))  # every vector in memory: small kinds only
+
+    def scan(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, that block's live vectors) per block, in row order."""
+        row = 0
+        for number, block in enumerate(self.blocks):
+            lo, hi = int(self.starts[number]), int(self.starts[number + 1])
+            vectors = np.asarray(block)
+            if self.live is not None:
+                a, z = np.searchsorted(self.live, [lo, hi])
+                if z - a < hi - lo:
+                    vectors = vectors[self.live[a:z] - lo]
+            yield row, vectors
+            row += len(vectors)
+            _drop_pages(block)
+
+    def knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact inner-product top-k (scores, rows) over every row, one block at a time."""
+        best_s = np.full((len(queries), k), -np.inf, np.float32)
+        best_i = np.full((len(queries), k), -1, np.int64)
+        for row, vectors in self.scan():
+            if not len(vectors):
+                continue
+            scores, found = faiss.knn(
+                queries,
+                np.ascontiguousarray(vectors),
+                min(k, len(vectors)),
+                metric=faiss.METRIC_INNER_PRODUCT,
+            )
+            merged_s = np.concatenate([best_s, scores], axis=1)
+            merged_i = np.concatenate([best_i, np.where(found >= 0, found + row, -1)], axis=1)
+            order = np.argsort(-merged_s, axis=1, kind="stable")[:, :k]
+            best_s = np.take_along_axis(merged_s, order, 1)
+            best_i = np.take_along_axis(merged_i, order, 1)
+        return best_s, best_i
+
+
+def _drop_pages(block: np.ndarray) -> None:
+    """A mapped block's pages leave this process's resident set (the page cache keeps them)."""
+    handle = getattr(block, "_mmap", None)
+    if isinstance(handle, mmap.mmap):
+        with contextlib.suppress(OSError, ValueError):
+            handle.madvise(mmap.MADV_DONTNEED)
+
+
+def _map(path: Path, offset: int, shape: tuple[int, int]) -> np.memmap:
+    mapped = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=shape)
+    handle = getattr(mapped, "_mmap", None)
+    if isinstance(handle, mmap.mmap):
+        with contextlib.suppress(OSError, ValueError):
+            handle.madvise(mmap.MADV_RANDOM)
+    return mapped
+
+
+Vectors = np.ndarray | MappedVectors
+
+
 @dataclass
 class ShardedIndex:
     """The live vectors of one kind in one (ntotal, dim) array, positions mapped to ids.
@@ -50,11 +166,13 @@ class ShardedIndex:
     runs) over that array, so results equal one merged IndexFlatIP's. The array is not copied
     into a faiss-owned buffer: faiss zero-fills a new buffer on 4 KiB pages (~1 s for 2 GB
     here) while numpy's is filled in parallel on huge pages; `index` builds one on demand.
+    From `map_index`, `vectors` is a MappedVectors (sealed shards left on disk, read on
+    demand; exact search streams them block by block) with the same rows.
     """
 
     kind: str
     dim: int
-    vectors: np.ndarray
+    vectors: Vectors
     ids: list[ProductId]
     progress: Progress
     dead_slots: int = 0
@@ -68,7 +186,11 @@ class ShardedIndex:
     def index(self) -> faiss.IndexFlatIP:
         """The same vectors as a faiss IndexFlatIP (one full copy, made on first use)."""
         index = faiss.IndexFlatIP(self.dim)
-        if self.ntotal:
+        if isinstance(self.vectors, MappedVectors):
+            for _, block in self.vectors.scan():
+                if len(block):
+                    index.add(np.ascontiguousarray(block))
+        elif self.ntotal:
             index.add(self.vectors)
         return index
 
@@ -80,9 +202,12 @@ class ShardedIndex:
         if self.ntotal == 0 or k < 1:
             return [[] for _ in queries]
         with _blas_threshold(_BLAS_THRESHOLD):
-            scores, positions = faiss.knn(
-                queries, self.vectors, min(k, self.ntotal), metric=faiss.METRIC_INNER_PRODUCT
-            )
+            if isinstance(self.vectors, MappedVectors):
+                scores, positions = self.vectors.knn(queries, min(k, self.ntotal))
+            else:
+                scores, positions = faiss.knn(
+                    queries, self.vectors, min(k, self.ntotal), metric=faiss.METRIC_INNER_PRODUCT
+                )
         return [
             [Hit(self.ids[p], float(s)) for s, p in zip(row_s, row_p, strict=True) if p >= 0]
             for row_s, row_p in zip(scores, positions, strict=True)
@@ -92,7 +217,7 @@ class ShardedIndex:
         """The stored vector of a product (KeyError if it is not in this kind)."""
         if not self._positions:
             self._positions = {pid: i for i, pid in enumerate(self.ids)}
-        return self.vectors[self._positions[product_id]].copy()
+        return np.array(self.vectors[self._positions[product_id]])
 
 
 @contextlib.contextmanager
@@ -145,6 +270,108 @@ def load_index(
     if dead:
         vectors, ids = _drop_dead(vectors, ids, dead)
     return ShardedIndex(kind, dim, vectors, ids, progress, dead_slots=len(dead))
+
+
+def map_index(
+    storage: Storage,
+    kind: str,
+    *,
+    cache_dir: Path | None = None,
+    workers: int = 8,
+    trust_cache: bool = False,
+) -> ShardedIndex:
+    """Like load_index, but the vectors of sealed shards stay on disk: each is verified (read
+    once through a reused buffer, hashed as load_index does) and then memory-mapped, so memory
+    holds the ids and the open shard, not the kind's vectors (MappedVectors).
+
+    The mapped file is the store's own for a LocalStore, else the exact copy in `cache_dir`
+    (downloaded once, named by its sha256). A shard that cannot be mapped (no local file and no
+    cache, a faiss that writes another layout, bytes that are not the committed ones) is read
+    into memory by load_index's path instead, which also names what is wrong.
+    """
+    progress = require_progress(storage)
+    records = shard_records(storage, progress, kind)
+    dim = progress.kinds[kind].dim
+    source = _ShardSource(storage, cache_dir, trust_cache)
+    root = storage.root if isinstance(storage, LocalStore) else None
+    scratch = threading.local()
+
+    def load(record: ShardRecord) -> tuple[np.ndarray, list[ProductId]]:
+        block = _map_shard(source, root, record, dim, scratch) if record.sealed else None
+        if block is None:
+            out = np.empty((record.vectors, dim), dtype=np.float32)
+            return out, _load_shard_into(source, record, dim, out)
+        id_data, id_match = source.fetch(record.id_map, record.id_map_digests)
+        ids, _ = committed_ids(id_data, record, id_match)
+        if len(ids) != record.vectors:
+            raise StateError(f"{record.id_map}: {len(ids)} ids for {record.vectors} vectors")
+        return block, ids
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        loaded = list(pool.map(load, records))
+    blocks = [block for block, _ in loaded]
+    ids = [pid for _, shard_ids in loaded for pid in shard_ids]
+    if len(ids) != progress.kinds[kind].total_vectors:
+        raise StateError(
+            f"{kind}: {len(ids)} vectors in shards, progress says "
+            f"{progress.kinds[kind].total_vectors}"
+        )
+    dead = dead_slots(storage, progress.kinds[kind])
+    live = None
+    if dead:
+        if max(dead) >= len(ids) or min(dead) < 0:
+            raise StateError(f"a tombstone names slot {max(dead)} of {len(ids)}")
+        live = np.flatnonzero(live_mask(len(ids), dead)).astype(np.int64)
+        ids = [ids[i] for i in live.tolist()]
+    vectors = MappedVectors(blocks, dim, live)
+    return ShardedIndex(kind, dim, vectors, ids, progress, dead_slots=len(dead))
+
+
+def _map_shard(
+    source: _ShardSource,
+    root: Path | None,
+    record: ShardRecord,
+    dim: int,
+    scratch: threading.local,
+) -> np.memmap | None:
+    """A verified read-only map of a sealed shard's vectors, or None (load it instead)."""
+    if record.vectors == 0 or not flat_ip_layout_holds():
+        return None
+    header = flat_ip_header(dim, record.vectors)
+    size = 4 * dim * record.vectors
+    verified = False
+    if root is not None:
+        path = root.joinpath(*record.name.split("/"))
+    else:
+        cached = source._cached(record.sha256)
+        if cached is None:
+            return None
+        path = cached
+        if not path.is_file():
+            data, match = source.fetch(record.name, record.index_digests)  # caches it
+            verified = match.committed and path.is_file()
+            del data
+            if not verified:
+                return None
+        verified = verified or source.trust
+    try:
+        if path.stat().st_size != len(header) + size:
+            return None
+        if not verified:
+            buffer = getattr(scratch, "buffer", None)
+            if buffer is None or len(buffer) < size:
+                buffer = scratch.buffer = bytearray(size)
+            head = bytearray(len(header))
+            parts = [memoryview(head), memoryview(buffer)[:size]]
+            if not (
+                read_file_into(path, parts)
+                and head == header
+                and match_committed(record.name, parts, record.index_digests).committed
+            ):
+                return None
+        return _map(path, len(header), (record.vectors, dim))
+    except FileNotFoundError:
+        return None
 
 
 def _drop_dead(

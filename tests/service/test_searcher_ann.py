@@ -12,16 +12,20 @@ from application.searcher import load_commit
 from sharding import BuildConfig, EmbeddedBatch, IndexWriter, MemoryStore
 from sharding.ann import AnnConfig, update_ann
 from sharding.codec import ProductId
+from sharding.loader import MappedVectors
+from sharding.local_store import LocalStore
 
 DIM, N, KIND = 32, 3000, "color"
 
 
-def _store(tmp_path: Path) -> tuple[MemoryStore, LocalCatalog, np.ndarray]:
+def _store(
+    tmp_path: Path, local: bool = False
+) -> tuple[MemoryStore | LocalStore, LocalCatalog, np.ndarray]:
     centres = np.random.default_rng(0).standard_normal((40, DIM)).astype(np.float32)
     rng = np.random.default_rng(1)
     x = centres[rng.integers(0, 40, N)] + 0.35 * rng.standard_normal((N, DIM)).astype(np.float32)
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    store = MemoryStore()
+    store: MemoryStore | LocalStore = LocalStore(tmp_path / "store") if local else MemoryStore()
     config = BuildConfig(embedder="test", model="m", dims={KIND: DIM}, shard_max_vectors=500)
     writer = IndexWriter.open(store, config, run_id="run")
     brands = [f"b{i % 3}" for i in range(1, N + 1)]
@@ -63,3 +67,22 @@ def test_brand_filter_through_the_approximate_index(tmp_path: Path) -> None:
     assert results[0].id == 5  # 5 % 3 == 2: the product itself, first
     assert commit.search(KIND, commit.stored_vector(KIND, 5), 10, brand="nobody") == []
     assert results[0].image_url == "https://img.example/5.jpg"
+
+
+def test_a_local_store_is_served_memory_mapped_with_the_same_answers(tmp_path: Path) -> None:
+    """The kind with an approximate index is mapped (its vectors left on disk); every search
+    (approximate, brand-filtered, exact) answers as the fully loaded commit does."""
+    store, catalog, _ = _store(tmp_path, local=True)
+    commit = load_commit(store, catalog=catalog)
+    loaded = load_commit(store, catalog=catalog, mapped=False)
+    assert isinstance(commit.indexes[KIND].vectors, MappedVectors)
+    assert not isinstance(loaded.indexes[KIND].vectors, MappedVectors)
+    assert commit.live_vectors() == loaded.live_vectors() == {KIND: N}
+    for pid in (1, 700, 2999):
+        query = commit.stored_vector(KIND, pid)
+        np.testing.assert_array_equal(query, loaded.stored_vector(KIND, pid))
+        for args in ({}, {"brand": "b1"}, {"exact": True}, {"exact": True, "brand": "b0"}):
+            got = commit.search(KIND, query, 10, **args)  # type: ignore[arg-type]
+            want = loaded.search(KIND, query, 10, **args)  # type: ignore[arg-type]
+            assert [r.id for r in got] == [r.id for r in want], args
+            np.testing.assert_allclose([r.score for r in got], [r.score for r in want], rtol=1e-5)

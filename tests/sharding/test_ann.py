@@ -3,6 +3,8 @@ recall measured against exact search, committed by progress.json (sharding.ann).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,10 @@ from sharding.ann import (
     update_ann,
 )
 from sharding.codec import ProductId
-from sharding.state import read_progress
+from sharding.errors import StateError
+from sharding.loader import MappedVectors, map_index
+from sharding.local_store import LocalStore
+from sharding.state import read_progress, shard_records
 from sharding.storage import CrashingStorage
 
 DIM = 32
@@ -326,3 +331,61 @@ def test_list_references_roll_into_segments_and_progress_stays_bounded(
     bad = state.segments[1]
     store.put(bad.name, store.get(bad.name).replace(b'"vectors":500', b'"vectors":499', 1))
     assert ("ann_object", "error") in _problems(store)
+
+
+def _local_store(tmp_path: Path) -> LocalStore:
+    """3,000 vectors (6 sealed shards) + 200 in the open shard, an approximate index, a third of
+    the first 3,000 products deleted: on disk, so map_index can map the shard files."""
+    store = LocalStore(tmp_path / "store")
+    build(store, 1, 3000)  # type: ignore[arg-type]
+    update_ann(store, KIND, ANN, run_id="ann")
+    build(store, 3001, 200)  # type: ignore[arg-type]
+    writer = IndexWriter.open(store, CONFIG, run_id="del")
+    writer.delete(list(range(1, 3001, 3)))
+    writer.finish()
+    return store
+
+
+def test_mapped_index_serves_the_same_results_without_the_vectors_in_memory(
+    tmp_path: Path,
+) -> None:
+    store = _local_store(tmp_path)
+    loaded, mapped = load_index(store, KIND), map_index(store, KIND)
+    assert isinstance(mapped.vectors, MappedVectors) and not isinstance(
+        loaded.vectors, MappedVectors
+    )
+    assert mapped.vectors.mapped_bytes == 6 * 500 * DIM * 4  # every sealed shard left on disk
+    assert mapped.ids == loaded.ids and mapped.ntotal == loaded.ntotal == 2200
+    rows = np.array([0, 5, 1999, 2000, 2199, 7, 6])  # across shards, the open one, unordered
+    np.testing.assert_array_equal(mapped.vectors[rows], loaded.vectors[rows])
+    np.testing.assert_array_equal(mapped.vector(3001), loaded.vector(3001))
+    queries = clustered(12, 66_000)
+    assert [[h.id for h in r] for r in mapped.search(queries, 10)] == [
+        [h.id for h in r] for r in loaded.search(queries, 10)
+    ]  # exact search streams the mapped shards: same hits
+    ann = load_ann(store, mapped.progress, KIND)
+    assert ann is not None
+    for nprobe in (2, 32):
+        got = ann.search(mapped.vectors, queries, 10, nprobe=nprobe)
+        want = ann.search(loaded.vectors, queries, 10, nprobe=nprobe)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    brand = np.flatnonzero(np.array([pid % 3 == 2 for pid in mapped.ids]))
+    got = ann.search(mapped.vectors, queries, 10, rows=brand, nprobe=32)[1]
+    assert all(mapped.ids[r] % 3 == 2 for row in got for r in row)
+    assert (
+        got.tolist() == ann.search(loaded.vectors, queries, 10, rows=brand, nprobe=32)[1].tolist()
+    )
+
+
+def test_a_mapped_shard_is_verified_first(tmp_path: Path) -> None:
+    store = _local_store(tmp_path)
+    progress = read_progress(store)
+    assert progress is not None
+    name = shard_records(store, progress, KIND)[2].name
+    path = tmp_path / "store" / name
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # one byte of a sealed shard's last vector
+    path.write_bytes(bytes(data))
+    with pytest.raises(StateError, match="sealed shard"):
+        map_index(store, KIND)  # not mapped: load_index's path names what is wrong
