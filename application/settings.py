@@ -59,6 +59,12 @@ class StoreSettings(BaseSettings):
         le=1.0,
         description="Serve the approximate index only at or above this recall@10 (else exact).",
     )
+    compact_threshold: float = Field(
+        0.3,
+        gt=0.0,
+        le=1.0,
+        description="`compact` rewrites a kind whose dead slots reach this fraction of its slots.",
+    )
 
 
 class CatalogSettings(BaseSettings):

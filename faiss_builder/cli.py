@@ -1,4 +1,4 @@
-"""The `faiss-builder` command line: demo, build, check, search, serve, status, doctor."""
+"""The `faiss-builder` command line: demo, build, check, compact, search, serve, status, doctor."""
 
 from __future__ import annotations
 
@@ -131,6 +131,45 @@ def check(
         _emit(outcome, as_json, _render_check_tail)
         if not outcome["ok"]:
             raise typer.Exit(errors.EXIT_CHECK_FAILED)
+
+
+@app.command()
+def compact(
+    store: StoreOpt = None,
+    catalog: Annotated[
+        str | None,
+        typer.Option(
+            "--catalog",
+            help="Brands of the live products, recounted (CSV/JSONL file or `supabase`) "
+            "[env FAISS_BUILDER_CATALOG]",
+        ),
+    ] = None,
+    kinds: KindsOpt = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="Compact a kind whose dead slots reach this fraction "
+            "[env FAISS_BUILDER_COMPACT_THRESHOLD] 0.3",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rewrite kinds with many dead slots (deleted or replaced products) into new shards."""
+    with _errors_to_exit_codes():
+        import uuid
+
+        from application.compact import run_compaction
+
+        settings = _settings(store=store, catalog=catalog, kinds=kinds)
+        summary = run_compaction(
+            settings,
+            f"compact-{uuid.uuid4()}",
+            kinds=list(settings.embed.kinds) if kinds else None,
+            threshold=threshold,
+            log=_err,
+        )
+        _emit(summary, as_json, _render_compact)
 
 
 @app.command()
@@ -293,6 +332,33 @@ def _render_build(summary: dict[str, Any]) -> str:
         f"{summary['total_vectors'][kind]} total in {summary['shards'][kind]} shard(s)"
         for kind in summary["kinds"]
     ]
+    lines += [f"  warning: {warning}" for warning in summary.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def _render_compact(summary: dict[str, Any]) -> str:
+    lines = [
+        f"Compaction of {summary['store']} (threshold {summary['threshold']}): "
+        + (
+            f"commit {summary['commit_seq']}"
+            if summary["commit_seq"] is not None
+            else "nothing to compact"
+        )
+    ]
+    for kind, c in summary["kinds"].items():
+        if c["action"] == "compacted":
+            lines.append(
+                f"  {kind:<10} compacted: {c['dead_before']} dead of {c['slots_before']} slots "
+                f"dropped, {c['live']} live in {c['shards_after']} shard(s) "
+                f"(were {c['shards_before']})"
+            )
+        else:
+            lines.append(
+                f"  {kind:<10} {c['action'].replace('_', ' ')}: dead fraction "
+                f"{c['dead_fraction']:.3f}"
+            )
+    if summary["objects_deleted"]:
+        lines.append(f"  {summary['objects_deleted']} retired object(s) deleted")
     lines += [f"  warning: {warning}" for warning in summary.get("warnings", [])]
     return "\n".join(lines)
 

@@ -170,3 +170,11 @@ def wait_for_new_holder(
 def run_for(build: Build, seconds: float) -> None:
     """Let the build run `seconds` more (or until it exits)."""
     wait_until(lambda: not build.running(), seconds)
+
+
+def store_holder(store: Path) -> str | None:
+    """run_id of the lease a local store's lease.json holds now (None: no lease)."""
+    try:
+        return lease_holder((store / "lease.json").read_bytes())
+    except FileNotFoundError:
+        return None

@@ -18,9 +18,9 @@ from sharding import (
     RollupLimits,
     check_store,
     load_index,
+    names,
     read_progress,
 )
-from sharding import names
 from sharding.ann import AnnConfig, update_ann
 from sharding.compact import compact
 from sharding.storage import CountingStorage, CrashingStorage
