@@ -103,6 +103,8 @@ class BuildSession:
     #: When a kind gets an approximate index, and the recall it must reach to serve.
     ann_min_vectors: int = 100_000
     ann_min_recall: float = 0.95
+    #: Seconds below the sync position each sync re-reads (application.sync, late commits).
+    sync_overlap_s: float = 300.0
     _pool: CallPool | None = field(default=None, repr=False)
 
     @property
@@ -288,6 +290,7 @@ def open_session(
         commit_size=embed.commit_size or max_in_flight * embed.batch_size,
         ann_min_vectors=settings.store.ann_min_vectors,
         ann_min_recall=settings.store.ann_min_recall,
+        sync_overlap_s=settings.catalog.sync_overlap_s,
     )
 
 

@@ -87,6 +87,13 @@ class CatalogSettings(BaseSettings):
         False,
         description="Also find rows deleted from a Supabase table (a pass over its ids alone).",
     )
+    sync_overlap_s: float = Field(
+        300.0,
+        ge=0,
+        le=7 * 86_400,
+        description="Seconds below the sync position re-read at each sync, for rows whose "
+        "transaction committed late (longer than any catalog transaction).",
+    )
 
 
 class EmbedSettings(BaseSettings):

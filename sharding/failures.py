@@ -72,6 +72,11 @@ class FailureJournal:
         self.log = committed.model_copy(deep=True)
         # Chunk numbers only grow: a retry rewrites the log under names no commit used.
         self._last_chunk = max((_chunk_number(ref.name) for ref in committed.chunks), default=0)
+        #: id -> names of the chunks holding a record of it; read on the first forget() that
+        #: needs it (about 150 bytes a chunked record), kept up to date from then on.
+        self._where: dict[ProductId, set[str]] | None = None
+        #: Chunks whose records a forget() changed: rewritten under fresh names at roll().
+        self._rewrites: dict[str, list[FailureRecord]] = {}
 
     def record(
         self, failures: Sequence[FailureLike], kinds_for: Callable[[ProductId], list[str]]
@@ -85,7 +90,41 @@ class FailureJournal:
 
     def records(self) -> list[FailureRecord]:
         """Every record this journal holds: committed chunks (verified) and the recent ones."""
-        return read_failure_log(self.storage, self.log)
+        if not self._rewrites:
+            return read_failure_log(self.storage, self.log)
+        records: list[FailureRecord] = []
+        for ref in self.log.chunks:
+            records.extend(self._chunk(ref))
+        return records + list(self.log.recent)
+
+    def forget(self, ids: Sequence[ProductId], kinds_for: Callable[[ProductId], list[str]]) -> int:
+        """Drop the kinds `kinds_for` names from these products' records (a record left with no
+        kind goes): a product a sync re-embedded is no longer failed there, and one that failed
+        again is recorded afresh (`record`) instead of twice. Recent records are edited in
+        place; a chunk that holds one is rewritten under a fresh name at the next roll, so a sync
+        page costs O(recent + chunks it touches), the chunk index being read once. Returns the
+        records dropped."""
+        if not ids or not self.log.total:
+            return 0
+        wanted = {pid: set(kinds_for(pid)) for pid in ids}
+        wanted = {pid: kinds for pid, kinds in wanted.items() if kinds}
+        if not wanted:
+            return 0
+        before = self.log.total
+        self.log.recent = _without(self.log.recent, wanted)
+        if self.log.chunks:
+            where = self._chunk_index()
+            touched = {name for pid in wanted for name in where.get(pid, ())}
+            for ref in self.log.chunks:
+                if ref.name in touched:
+                    kept = _without(self._chunk(ref), wanted)
+                    self._rewrites[ref.name] = kept
+                    ref.count = len(kept)
+                    for pid in wanted:
+                        if not any(r.id == pid for r in kept):
+                            where.get(pid, set()).discard(ref.name)
+        self.log.total = sum(ref.count for ref in self.log.chunks) + len(self.log.recent)
+        return before - self.log.total
 
     def settle_retry(
         self,
@@ -108,12 +147,29 @@ class FailureJournal:
             else:
                 kept.append(record.model_copy(update={"kinds": kinds}))
         self.log = FailureLog(total=len(kept), recent=kept)
+        self._where, self._rewrites = None, {}
 
     def must_roll(self) -> bool:
-        return len(self.log.recent) >= self._rollup.failure_chunk
+        return bool(self._rewrites) or len(self.log.recent) >= self._rollup.failure_chunk
 
     def roll(self) -> None:
-        """Write full chunks of recent records as immutable objects under fresh names."""
+        """Write the chunks a forget() changed, and full chunks of recent records, as
+        immutable objects under fresh names (a chunk left empty is dropped)."""
+        chunks = []
+        for ref in self.log.chunks:
+            kept = self._rewrites.pop(ref.name, None)
+            if kept is None:
+                chunks.append(ref)
+            elif kept:
+                self._last_chunk += 1
+                name = names.failure_chunk(self._last_chunk)
+                data = FailureChunk(failures=kept).model_dump_json().encode()
+                self.storage.put(name, data, immutable=True)
+                chunks.append(FailureChunkRef(name=name, sha256=sha256_hex(data), count=len(kept)))
+                self._renamed(ref.name, name)
+            else:
+                self._renamed(ref.name, None)
+        self.log.chunks = chunks
         size = self._rollup.failure_chunk
         while len(self.log.recent) >= size:
             records = self.log.recent[:size]
@@ -127,6 +183,29 @@ class FailureJournal:
     def snapshot(self) -> FailureLog:
         return self.log.model_copy(deep=True)
 
+    def _chunk(self, ref: FailureChunkRef) -> list[FailureRecord]:
+        pending = self._rewrites.get(ref.name)
+        if pending is not None:
+            return list(pending)
+        return read_failure_log(self.storage, FailureLog(total=ref.count, chunks=[ref]))
+
+    def _chunk_index(self) -> dict[ProductId, set[str]]:
+        if self._where is None:
+            self._where = {}
+            for ref in self.log.chunks:
+                for record in self._chunk(ref):
+                    self._where.setdefault(record.id, set()).add(ref.name)
+        return self._where
+
+    def _renamed(self, old: str, new: str | None) -> None:
+        if self._where is None:
+            return
+        for chunks in self._where.values():
+            if old in chunks:
+                chunks.discard(old)
+                if new is not None:
+                    chunks.add(new)
+
     def _record(self, failure: FailureLike, kinds: list[str]) -> FailureRecord:
         return FailureRecord(
             id=failure.id,
@@ -135,6 +214,22 @@ class FailureJournal:
             kinds=kinds,
             run_id=self.run_id,
         )
+
+
+def _without(
+    records: Sequence[FailureRecord], wanted: Mapping[ProductId, set[str]]
+) -> list[FailureRecord]:
+    """The records with the kinds `wanted` names for their product dropped (emptied: gone)."""
+    kept = []
+    for record in records:
+        drop = wanted.get(record.id)
+        if not drop:
+            kept.append(record)
+            continue
+        kinds = [kind for kind in record.kinds if kind not in drop]
+        if kinds:
+            kept.append(record.model_copy(update={"kinds": kinds}))
+    return kept
 
 
 def _chunk_number(name: str) -> int:

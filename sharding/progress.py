@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
@@ -240,6 +241,12 @@ class SyncPosition(_Model):
 
     updated_at: str
     id: ProductId | None = None
+    #: The overlap window (late-committing transactions, application.sync): the next sync
+    #: re-reads the rows with updated_at > window_from (None: none below the position) and
+    #: applies those not in `seen`: per updated_at in the window, the digests of the rows read
+    #: at it (id and image_url). Both left out of the file when empty.
+    window_from: str | None = None
+    seen: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class Progress(_Model):
@@ -274,7 +281,10 @@ class Progress(_Model):
 
     def to_bytes(self) -> bytes:
         # No ann: the field is left out, so readers from before it was added still read the store.
-        return self.model_dump_json(exclude=None if self.ann else {"ann"}).encode()
+        exclude: dict[str, Any] = {} if self.ann else {"ann": True}
+        if self.sync is not None and self.sync.window_from is None and not self.sync.seen:
+            exclude["sync"] = {"window_from", "seen"}  # readers from before the window read it
+        return self.model_dump_json(exclude=exclude or None).encode()
 
 
 class LastCommit(_Model):

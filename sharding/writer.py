@@ -311,6 +311,8 @@ class IndexWriter:
                 if state.may_be_live(covered):
                     self._ensure_live(state)
                     state.kill(covered)
+            # Re-embedded: no longer failed there; failed again: one fresh record, not two.
+            self._failures.forget([*batch.ids, *failed], self._kinds_at_or_below_cursor)
             self._failures.record(batch.failures, self._kinds_at_or_below_cursor)
         else:
             self._failures.record(batch.failures, self._kinds_past_cursor)
@@ -333,10 +335,19 @@ class IndexWriter:
                 killed[kind] = 0
         return killed
 
-    def set_sync_position(self, updated_at: str, product_id: ProductId | None) -> None:
-        """Record how far catalog changes are applied; committed by the next commit, with the
-        replacements and deletions made before it (so a resumed sync starts after them)."""
-        self.sync_position = SyncPosition(updated_at=updated_at, id=product_id)
+    def set_sync_position(
+        self,
+        updated_at: str,
+        product_id: ProductId | None,
+        window_from: str | None = None,
+        seen: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Record how far catalog changes are applied (and the overlap window re-read below it,
+        application.sync); committed by the next commit, with the replacements and deletions
+        made before it (so a resumed sync starts after them)."""
+        self.sync_position = SyncPosition(
+            updated_at=updated_at, id=product_id, window_from=window_from, seen=seen or {}
+        )
 
     def is_live(self, kind: str, product_id: ProductId) -> bool:
         """Whether a product has a live vector in a kind this run builds (builds the live map)."""

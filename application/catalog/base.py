@@ -63,10 +63,11 @@ class Catalog(Protocol):
         ...
 
     def count_at_or_below(self, cursor: ProductId) -> int:
-        """How many products have id <= `cursor`: a resumed build never reads them again, so
-        more of them than the store indexed or recorded as failed means rows were added below
-        the cursor (ids must grow: docs/extending.md, "Id ordering"). CatalogMismatch when
-        `cursor` is not of the catalog's id type."""
+        """How many products have id <= `cursor`, soft-deleted ones left out (they are not
+        pending): a resumed build never reads them again, so more of them than the store
+        indexed or recorded as failed means rows were added below the cursor (ids must grow:
+        docs/extending.md, "Id ordering"). CatalogMismatch when `cursor` is not of the
+        catalog's id type."""
         ...
 
 

@@ -64,6 +64,7 @@ class LocalCatalog:
             raise CatalogError(
                 f"catalog file {self.path} cannot be read: {_os_reason(exc)}"
             ) from exc
+        self._deleted_sorted: list[ProductId] | None = None
         if self.brands_cut:
             log.warning("%s: %d brand(s) cut to 200 characters", self.path, self.brands_cut)
 
@@ -92,9 +93,10 @@ class LocalCatalog:
     ) -> list[Product]:
         if updated_at is None:
             start = 0
+        elif after is None:  # rows changed after `updated_at` (as the Supabase catalog reads)
+            start = bisect.bisect_right(self._changes, updated_at, key=lambda change: change[0])
         else:
-            key = (updated_at, after) if after is not None else (updated_at,)
-            start = bisect.bisect_right(self._changes, key)  # type: ignore[arg-type]
+            start = bisect.bisect_right(self._changes, (updated_at, after))  # type: ignore[arg-type]
         wanted = [pid for _, pid in self._changes[start : start + limit]]
         by_id = {product.id: product for product in self.get(wanted)}
         return [by_id[pid] for pid in wanted]
@@ -107,7 +109,13 @@ class LocalCatalog:
         return len(self._ids) - self._index_after(after)
 
     def count_at_or_below(self, cursor: ProductId) -> int:
-        return self._index_after(cursor)
+        """Rows with id <= cursor that are not soft-deleted (a deleted row is not pending)."""
+        at_or_below = self._index_after(cursor)
+        if not self._deleted:
+            return at_or_below
+        if self._deleted_sorted is None:
+            self._deleted_sorted = sorted(self._deleted)  # type: ignore[type-var]
+        return at_or_below - bisect.bisect_right(self._deleted_sorted, cursor)  # type: ignore[arg-type]
 
     def _index_after(self, after: ProductId | None) -> int:
         if after is None:

@@ -235,9 +235,10 @@ class SupabaseCatalog:
         return self._count("gt", after)
 
     def count_at_or_below(self, cursor: ProductId) -> int:
-        """Rows with id <= cursor: one `count=exact` HEAD request (no rows are sent)."""
+        """Rows with id <= cursor that are not soft-deleted: one `count=exact` HEAD request (no
+        rows are sent)."""
         self._check_cursor(cursor)
-        return self._count("lte", cursor)
+        return self._count("lte", cursor, live_only=True)
 
     @property
     def id_type(self) -> type | None:
@@ -253,10 +254,14 @@ class SupabaseCatalog:
     def _check_cursor(self, cursor: ProductId) -> None:
         check_cursor(cursor, self.id_type, self.describe())
 
-    def _count(self, operator: str | None, value: ProductId | None) -> int:
+    def _count(
+        self, operator: str | None, value: ProductId | None, *, live_only: bool = False
+    ) -> int:
         query = self.client.table(self.table).select(self.columns.id, count="exact", head=True)  # type: ignore[arg-type]
         if operator is not None:
             query = getattr(query, operator)(self.columns.id, value)
+        if live_only and self.deleted_column in self._changes_columns():
+            query = query.is_(self.deleted_column, "null")
         return int(self._run(query).count or 0)
 
     def sign_for_fetch(self, products: Sequence[Product]) -> list[Product]:
