@@ -19,16 +19,22 @@ launches of a 12-layer ViT plus the host<->device synchronisation of one batch.
 
 Each core count c is run as a deployed container runs: the process is pinned to c cores
 (os.sched_setaffinity, inherited by the threads started after it), INPUTS_PER_CONTAINER calls of
-CALL_IMAGES images at once sharing one fetch client, container_threads(c) threads per call, the
-embedder's CUDA forward batch (modal_workers.clip.PIPELINE_BATCH["cuda"] images per
-embed_views). The image server runs in a child process, so its work does not take this
-process's GIL (it does share the machine's cores).
+CALL_IMAGES images at once sharing one fetch client, the embedder's CUDA forward batch
+(modal_workers.clip.PIPELINE_BATCH["cuda"] images per embed_views), preparation sized by
+modal_workers.app.container_preparation(c): on one core container_threads(c) threads per call in
+this process, on more a PreparePool of one process per core (pinned to the same cores: it is
+started after the pinning and each process takes its creator's affinity), started before the
+clock as the container's enter hook starts it. The image server runs in a child process, so its
+work does not take this process's GIL (it does share the machine's cores: on a 2-core machine
+its ~0.8 ms of CPU per image comes out of the 2-core round's cores, while the 1-core rounds
+leave it the other core).
 
 Reported per core count (JSON lines, one per count, then a summary object):
   images_per_s   three-kind images/s achieved
   gpu_busy       fraction of the wall time the simulated GPU was computing
   limit          min(simulated GPU rate, c x the single-core preparation rate measured in this
-                 run with no forward at all)
+                 run with no forward at all: the mean of one round before and one after the
+                 container rounds, so that a shared machine's drifting load favours neither)
   of_limit       images_per_s / limit (goal >= 0.9)
 """
 
@@ -42,6 +48,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,10 +133,25 @@ def photo_bodies() -> list[bytes]:
     return bodies
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc), all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Round:
+    rate: float  # images/s
+    busy: float  # simulated GPU busy fraction
+    processes: int  # preparation processes (0: in-process)
+    cpu_ms: float  # CPU per image of the container: this process and its preparation processes
+    server_cpu_ms: float  # CPU per image of the loopback image server (not the container's)
+
+
 def run_container(
-    embedder: SimulatedA10G, refs: list[ImageRef], cores: int, inputs: int
-) -> tuple[float, float, int]:
-    """(images/s, GPU busy fraction, preparation processes) of one container on `cores` cores.
+    embedder: SimulatedA10G, refs: list[ImageRef], cores: int, inputs: int, server_pid: int = 0
+) -> Round:
+    """Images/s, GPU busy fraction and CPU per image of one container on `cores` cores.
 
     Sized as the Modal class sizes itself (modal_workers.app.container_preparation): on one core
     the calls prepare in-process; on more, a PreparePool started once for the container (before
@@ -159,16 +182,26 @@ def run_container(
     try:
         if pool is not None:  # its processes' first images (imports, allocator) off the clock
             call(refs[: CALL_IMAGES // 4])
+        pids = [pid for pid in (pool.pids() if pool else []) if pid]
+
+        def cpu() -> tuple[float, float]:
+            container = time.process_time() + sum(process_cpu_s(pid) for pid in pids)
+            return container, process_cpu_s(server_pid) if server_pid else 0.0
+
         embedder.busy_s = 0.0
+        cpu_before = cpu()
         started = time.perf_counter()
         with ThreadPoolExecutor(inputs) as threads:  # INPUTS_PER_CONTAINER calls at once
             done = sum(threads.map(call, calls))
         elapsed = time.perf_counter() - started
+        cpu_after = cpu()
     finally:
         clients.close()
         if pool is not None:
             pool.close()
-    return done / elapsed, embedder.busy_s / elapsed, processes
+    container_ms = 1000 * (cpu_after[0] - cpu_before[0]) / max(done, 1)
+    server_ms = 1000 * (cpu_after[1] - cpu_before[1]) / max(done, 1)
+    return Round(done / elapsed, embedder.busy_s / elapsed, processes, container_ms, server_ms)
 
 
 def measure(
@@ -179,37 +212,58 @@ def measure(
     forward_batch = 128  # modal_workers.clip.PIPELINE_BATCH["cuda"] (not imported: no torch here)
     available = sorted(os.sched_getaffinity(0))
     cores_list = [c for c in cores_list if c <= len(available)]
-    rounds = 1 + len(cores_list)
+    rounds = 2 + len(cores_list)  # preparation alone before and after the container rounds
     context = multiprocessing.get_context("fork")
     parent, child = context.Pipe()
     server = context.Process(target=_serve, args=(photo_bodies(), images * rounds, parent))
     server.start()
     urls = child.recv()
     refs = [ImageRef(i, url) for i, url in enumerate(urls)]
+    parts = [refs[i * images : (i + 1) * images] for i in range(rounds)]
     rows = []
     try:
         sim = SimulatedA10G(t_img_ms / 1000, launch_ms / 1000, forward_batch)
         hollow = NoForward(0.0, 0.0, forward_batch)
-        os.sched_setaffinity(0, available[:1])
-        run_container(hollow, refs[: CALL_IMAGES // 4], 1, INPUTS_PER_CONTAINER)  # warm-up
-        prep_one, _, _ = run_container(hollow, refs[:images], 1, INPUTS_PER_CONTAINER)
+
+        def prepare_alone(part: list[ImageRef]) -> Round:
+            os.sched_setaffinity(0, available[:1])
+            return run_container(hollow, part, 1, INPUTS_PER_CONTAINER, server.pid or 0)
+
+        prepare_alone(refs[: CALL_IMAGES // 4])  # warm-up
+        before = prepare_alone(parts[0])
+        measured = []
         for round_number, cores in enumerate(cores_list, start=1):
             os.sched_setaffinity(0, available[:cores])
-            part = refs[round_number * images : (round_number + 1) * images]
-            rate, busy, processes = run_container(sim, part, cores, INPUTS_PER_CONTAINER)
+            part = parts[round_number]
+            measured.append(
+                (cores, run_container(sim, part, cores, INPUTS_PER_CONTAINER, server.pid or 0))
+            )
+        after = prepare_alone(parts[-1])
+        # The machine may be shared: the mean of the single-core rate before and after the
+        # rounds keeps a drift in the others' load from favouring either end.
+        prep_one = (before.rate + after.rate) / 2
+        prep_cpu_ms = (before.cpu_ms + after.cpu_ms) / 2
+        for cores, done in measured:
+            rate, busy = done.rate, done.busy
             limit = min(gpu_rate(sim), cores * prep_one)
             rows.append(
                 {
                     "bench": "gpu_feed",
                     "cores": cores,
-                    "images": len(part),
+                    "images": images,
                     "inputs_per_container": INPUTS_PER_CONTAINER,
                     "threads_per_call": container_threads(float(cores)),
-                    "prepare_processes": processes,
+                    "prepare_processes": done.processes,
                     "images_per_s": round(rate, 1),
                     "gpu_busy": round(busy, 3),
                     "gpu_images_per_s": round(gpu_rate(sim), 1),
                     "prep_one_core_images_per_s": round(prep_one, 1),
+                    "prep_one_core_before_after": [round(before.rate, 1), round(after.rate, 1)],
+                    # CPU per image (contention-proof): the container's own (this process and
+                    # its preparation processes) against preparation alone in one process.
+                    "cpu_ms_per_image": round(done.cpu_ms, 2),
+                    "prep_one_core_cpu_ms_per_image": round(prep_cpu_ms, 2),
+                    "server_cpu_ms_per_image": round(done.server_cpu_ms, 2),
                     "limit": round(limit, 1),
                     "bound_by": "gpu" if gpu_rate(sim) <= cores * prep_one else "cpu",
                     "of_limit": round(rate / limit, 3),
@@ -240,6 +294,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "rows": rows,
         "of_limit": worst,
         "gpu_busy": {str(row["cores"]): row["gpu_busy"] for row in rows},
+        # Other jobs on the machine (1-minute load average after the run): a shared machine's
+        # figures are ratios of rounds that shared it alike, not of quiet ones.
+        "load_average": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(summary), flush=True)
     for row in rows:

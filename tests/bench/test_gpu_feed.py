@@ -51,7 +51,7 @@ def test_the_simulated_gpu_costs_its_latency_model_and_releases_the_gil() -> Non
 
 def test_gpu_feed_reports_busy_fraction_and_share_of_the_limit() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.gpu_feed", "--images", "48", "--cores", "1"],
+        [sys.executable, "-m", "bench.gpu_feed", "--images", "48", "--cores", "1,2"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -59,6 +59,11 @@ def test_gpu_feed_reports_busy_fraction_and_share_of_the_limit() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.splitlines()[0])
-    (row,) = summary["rows"]
+    row, *more = summary["rows"]
     assert row["cores"] == 1 and 0 < row["gpu_busy"] < 1 and row["of_limit"] > 0
     assert row["limit"] == min(row["gpu_images_per_s"], row["prep_one_core_images_per_s"])
+    assert row["prepare_processes"] == 0  # one core: preparation stays in the process
+    assert row["cpu_ms_per_image"] > 0 and row["server_cpu_ms_per_image"] > 0
+    for two in more:  # where this machine has a second core: one preparation process per core
+        assert two["cores"] == 2 and two["prepare_processes"] == 2 and two["images"] == 48
+        assert 0 < two["gpu_busy"] < 1 and two["cpu_ms_per_image"] > 0
