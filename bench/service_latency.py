@@ -230,12 +230,14 @@ def throughput(url: str, seconds: float, body: dict[str, Any], ids: np.ndarray) 
     def client(slot: int) -> None:
         with httpx.Client(base_url=url, timeout=300) as http:
             i = slot
-            while time.perf_counter() < stop:
+            while True:  # at least one request each, however late the thread started
                 response = http.post("/search", json={**body, "id": int(ids[i % len(ids)])})
                 if response.status_code != 200:
                     errors.append(response.text)
                 counts[slot] += 1
                 i += CLIENTS
+                if time.perf_counter() >= stop:
+                    break
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(slot,)) for slot in range(CLIENTS)]
