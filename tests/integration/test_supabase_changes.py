@@ -4,6 +4,8 @@ reconciliation pass, and the migration's index."""
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +18,9 @@ import pytest
 from application.catalog.base import ChangeFeed, Product, ProductId, canonical_time
 from application.catalog.supabase import SupabaseCatalog
 from application.sync import sync_catalog
-from sharding import BuildConfig, EmbeddedBatch, IndexWriter, LocalStore
-from tests.support.postgrest_stack import SupabaseStack
+from modal_workers.types import EmbedOutput
+from sharding import BuildConfig, EmbeddedBatch, IndexWriter, LocalStore, load_index
+from tests.support.postgrest_stack import SupabaseStack, find_pg_bin_dir
 
 T0 = "2026-11-30T02:00:00Z"
 ROWS = 20_000
@@ -79,6 +82,9 @@ def test_changes_since_a_watermark_in_keyset_order_with_soft_deletes_and_low_ins
     assert [(p.id, p.deleted) for p in catalog.page(4, 2)] == [(5, True), (6, False)]
     ids = list(catalog.all_ids())
     assert len(ids) == ROWS and ids[0] == 0 and 5 not in ids  # soft-deleted: not live
+    # Rows at or below a cursor of ROWS: 0..ROWS is ROWS + 1, less the soft-deleted 5 (not
+    # pending, so never reported as unreachable).
+    assert catalog.count_at_or_below(ROWS) == ROWS
 
 
 def test_the_migration_makes_changed_since_an_index_range_scan(
@@ -133,3 +139,89 @@ def test_reconcile_finds_hard_deletes_by_an_ids_only_keyset_pass(
     assert stats.reconciled and stats.hard_deleted == 3
     assert not {10, 11, 12} & writer.live_ids("color") and 13 in writer.live_ids("color")
     print(f"reconcile: {len(writer.live_ids('color'))} live ids compared in {seconds:.2f} s")
+
+
+def _vector(product: Product) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(product.image_url.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(4).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_a_transaction_that_commits_after_a_sync_read_is_applied_once_by_the_next(
+    supabase_stack: SupabaseStack, tmp_path: Path
+) -> None:
+    """Row 42's update starts first (the trigger stamps updated_at with its start) and commits
+    after a sync read row 43's later change: a keyset after the position misses it, the overlap
+    window finds it, and rows already applied are not embedded again."""
+    table = "product_images_late"
+    supabase_stack.sql(
+        f"drop table if exists {table};"
+        f"create table {table} (like public.product_images including all);"
+        f"create trigger {table}_set_updated_at before update on {table}"
+        " for each row execute function public.product_images_set_updated_at();"
+        f"insert into {table} (id, image_url, brand, updated_at)"
+        f" select g, 'https://img.test/' || g, 'b', '{T0}' from generate_series(1, 100) g"
+    )
+    supabase_stack.reload_schema(table)
+    catalog = SupabaseCatalog(supabase_stack.client(), table=table)
+    store, config = LocalStore(tmp_path), BuildConfig("t", "t", {"color": 4})
+    embedded: list[ProductId] = []
+
+    def embed(products: list[Product]) -> EmbedOutput:
+        embedded.extend(p.id for p in products)
+        vectors = np.stack([_vector(p) for p in products]) if products else np.zeros((0, 4))
+        return EmbedOutput(ids=[p.id for p in products], vectors={"color": vectors}, failures=[])
+
+    def sync() -> dict[str, Any]:
+        writer = IndexWriter.open(store, config, run_id="sync")
+        session = SimpleNamespace(catalog=catalog, writer=writer, kinds=["color"], embed=embed)
+        embedded.clear()
+        stats = sync_catalog(cast(Any, session), 1000, overlap_s=300).to_dict()
+        writer.finish()
+        return stats | {"embedded": sorted(embedded)}  # type: ignore[type-var]
+
+    writer = IndexWriter.open(store, config, run_id="build")
+    page = catalog.page(None, 1000)
+    writer.add_batch(
+        EmbeddedBatch([p.id for p in page], ["b"] * 100, embed(page).vectors, last_id=100)
+    )
+    writer.finish()
+    assert sync()["started_following"]
+    psql = str(find_pg_bin_dir() / "psql")
+    late = subprocess.Popen(
+        [psql, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", supabase_stack.db_url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert late.stdin is not None and late.stdout is not None
+    try:
+        late.stdin.write(
+            f"begin; update {table} set image_url = 'https://img.test/late-42' where id = 42;"
+            " select 'ready';\n"
+        )
+        late.stdin.flush()
+        assert late.stdout.readline().strip() == "ready"
+        time.sleep(0.05)
+        supabase_stack.sql(
+            f"update {table} set image_url = 'https://img.test/new-43' where id = 43"
+        )
+        first = sync()
+        assert first["embedded"] == [43]
+        late.stdin.write("commit;\n")
+        late.stdin.close()
+        assert late.wait(timeout=10) == 0
+    finally:
+        if late.poll() is None:
+            late.kill()
+    position = IndexWriter.open(store, config, run_id="look").sync_position
+    assert position is not None and position.id == 43
+    assert catalog.changed_since(position.updated_at, 43, 100) == []  # the plain keyset's miss
+    second = sync()
+    assert second["embedded"] == [42] and second["already_applied"] == 1
+    third = sync()
+    assert third["embedded"] == [] and third["already_applied"] == 2
+    index = load_index(store, "color")
+    assert sorted(index.ids) == list(range(1, 101))  # type: ignore[type-var]
+    live = dict(zip(index.ids, np.asarray(index.vectors), strict=True))
+    assert np.allclose(live[42], _vector(Product(42, "https://img.test/late-42")))
+    assert np.allclose(live[43], _vector(Product(43, "https://img.test/new-43")))
+    supabase_stack.sql(f"drop table {table}")
