@@ -231,10 +231,14 @@ class BuildSession:
     def close(self) -> None:
         """Cancel calls not started, stop renewing and give the store back, so the next run need
         not wait for the expiry."""
-        if self._pool is not None:
-            self._pool.close()
+        self.close_pool()
         self.keeper.stop()
         self.lease.release()
+
+    def close_pool(self) -> None:
+        """Cancel the calls not started yet (the running ones end on their own)."""
+        if self._pool is not None:
+            self._pool.close()
 
     def _signed(self, products: list[Product]) -> list[Product]:
         """Private-bucket paths become signed URLs just before dispatch (Supabase catalogs)."""

@@ -1,7 +1,18 @@
 """Orchestration ceiling: the build-index flow with a zero-cost embedder vs writing its shards raw.
 
     python -m bench.flow_ceiling [--products N] [--kinds color,structure,combined] [--batch-size N]
-                                 [--no-raw]
+                                 [--no-raw] [--fleet-batch N] [--fleet-in-flight N]
+
+Three shapes of the same flow, one after the other in one process (one JSON object):
+- the top-level keys: batches of `--batch-size` (4,096) products, one call per commit, beside the
+  raw faiss write of the same shards (the figure this bench always reported);
+- `fleet`: the fleet's call size (`--fleet-batch`, 256) with the default deployment's calls in
+  flight (`--fleet-in-flight`, 20 = modal_workers/app.py MAX_CONTAINERS 10 x
+  INPUTS_PER_CONTAINER 2) and the default commit size (FAISS_BUILDER_COMMIT_SIZE unset: in flight
+  x call size = 5,120 products per chunk): the orchestrator's ceiling in front of that fleet
+  (goal >= 5,000 products/s on 2 cores);
+- `per_call_commit`: the same calls committed one by one (commit size = call size), the shape the
+  flow had before chunks (Prefect's cost paid per call), on at most 20,000 products.
 
 The flow is the real `build-index` flow (Prefect ephemeral server, local catalog CSV, local store);
 only the embedding backend is replaced, inside this process, by ZeroCostBackend (deterministic unit
@@ -103,8 +114,23 @@ def write_catalog(path: Path, products: int) -> Path:
     return path
 
 
+#: The default deployment's calls in flight: modal_workers/app.py MAX_CONTAINERS (10) x
+#: INPUTS_PER_CONTAINER (2), what ModalEmbedClient.calls_in_flight() answers for it.
+FLEET_IN_FLIGHT = 20
+FLEET_BATCH = 256
+#: Goal of the fleet shape (issue 17): products/s on 2 cores.
+FLEET_GOAL = 5_000
+PER_CALL_PRODUCTS = 20_000
+
+
 def run_flow(
-    catalog: Path, store: Path, kinds: Sequence[str], batch_size: int
+    catalog: Path,
+    store: Path,
+    kinds: Sequence[str],
+    batch_size: int,
+    *,
+    commit_size: int | None = None,
+    max_in_flight: int | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """Seconds of one build_index call, and its summary."""
     from flows.build_index import build_index
@@ -114,6 +140,8 @@ def run_flow(
         summary = build_index(
             kinds=list(kinds),  # type: ignore[arg-type,call-overload]
             batch_size=batch_size,
+            commit_size=commit_size,
+            max_in_flight=max_in_flight,
             store=str(store),
             catalog=str(catalog),
             backend=backend,
@@ -144,17 +172,74 @@ def raw_write_seconds(folder: Path, products: int, kinds: Sequence[str], dim: in
     return seconds
 
 
-def measure(products: int, kinds: Sequence[str], batch_size: int, raw: bool) -> dict[str, Any]:
+def run_shape(
+    root: Path,
+    name: str,
+    products: int,
+    kinds: Sequence[str],
+    batch_size: int,
+    *,
+    commit_size: int | None = None,
+    max_in_flight: int | None = None,
+) -> dict[str, Any]:
+    """One build of `products` in this shape: its rate, calls, commits and Prefect cost per commit."""
+    catalog = write_catalog(root / f"{name}.csv", products)
+    flow_s, summary = run_flow(
+        catalog,
+        root / name,
+        kinds,
+        batch_size,
+        commit_size=commit_size,
+        max_in_flight=max_in_flight,
+    )
+    vectors = sum(summary["vectors_added"].values())
+    return {
+        "products": products,
+        "batch_size": batch_size,
+        "calls_in_flight": summary["calls_in_flight"],
+        "commit_size": summary["commit_size"],
+        "calls": int(summary["batches"]),
+        "commits": int(summary["commits"]),
+        "flow_s": round(flow_s, 3),
+        "flow_inner_s": summary["elapsed_s"],
+        "vectors_written": vectors,
+        "flow_vectors_per_s": round(vectors / flow_s),
+        "flow_products_per_s": round(products / flow_s),
+        "flow_ms_per_commit": round(1000 * flow_s / max(1, int(summary["commits"])), 1),
+    }
+
+
+def measure(
+    products: int,
+    kinds: Sequence[str],
+    batch_size: int,
+    raw: bool,
+    *,
+    fleet_batch: int = FLEET_BATCH,
+    fleet_in_flight: int = FLEET_IN_FLIGHT,
+    shapes: bool = True,
+) -> dict[str, Any]:
     quiet_prefect()
     with tempfile.TemporaryDirectory(prefix="bench-flow-") as tmp:
         root = Path(tmp)
         # Warm-up run: starts the ephemeral Prefect server (seconds, once per process).
         warm_s, _ = run_flow(write_catalog(root / "warm.csv", 10), root / "warm", kinds, 10)
-        catalog = write_catalog(root / "catalog.csv", products)
-        flow_s, summary = run_flow(catalog, root / "store", kinds, batch_size)
+        large = run_shape(root, "large", products, kinds, batch_size, commit_size=batch_size)
         raw_s = raw_write_seconds(root / "raw", products, kinds, DIM) if raw else None
-    vectors = sum(summary["vectors_added"].values())
-    batches = int(summary["batches"])
+        if shapes:
+            fleet = run_shape(
+                root, "fleet", products, kinds, fleet_batch, max_in_flight=fleet_in_flight
+            )
+            per_call = run_shape(
+                root,
+                "per-call",
+                min(products, PER_CALL_PRODUCTS),
+                kinds,
+                fleet_batch,
+                commit_size=fleet_batch,
+                max_in_flight=fleet_in_flight,
+            )
+    vectors, flow_s, batches = large["vectors_written"], large["flow_s"], large["commits"]
     report: dict[str, Any] = {
         "bench": "flow_ceiling",
         "backend": "ZeroCostBackend (registered as backend bench-zero-cost)",
@@ -165,13 +250,12 @@ def measure(products: int, kinds: Sequence[str], batch_size: int, raw: bool) -> 
         "batches": batches,
         "shard_max_vectors": SHARD,
         "warmup_flow_s": round(warm_s, 2),
-        "flow_s": round(flow_s, 3),
-        "flow_inner_s": summary["elapsed_s"],
+        "flow_s": flow_s,
+        "flow_inner_s": large["flow_inner_s"],
         "vectors_written": vectors,
-        "flow_vectors_per_s": round(vectors / flow_s),
+        "flow_vectors_per_s": large["flow_vectors_per_s"],
         "flow_vectors_per_s_per_kind": round(vectors / flow_s / len(kinds)),
-        "flow_products_per_s": round(products / flow_s),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "flow_products_per_s": large["flow_products_per_s"],
     }
     if raw_s is not None:
         report |= {
@@ -180,6 +264,17 @@ def measure(products: int, kinds: Sequence[str], batch_size: int, raw: bool) -> 
             "flow_over_raw_time": round(flow_s / raw_s, 2),
             "flow_overhead_ms_per_batch": round(1000 * (flow_s - raw_s) / max(1, batches), 1),
         }
+    if shapes:
+        report |= {
+            "fleet": fleet,
+            "per_call_commit": per_call,
+            "fleet_goal_products_per_s": FLEET_GOAL,
+            "fleet_goal_met": fleet["flow_products_per_s"] >= FLEET_GOAL,
+            "fleet_over_per_call_commit": round(
+                fleet["flow_products_per_s"] / per_call["flow_products_per_s"], 2
+            ),
+        }
+    report["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return report
 
 
@@ -194,6 +289,16 @@ def summary_line(r: dict[str, Any]) -> str:
             f"; raw faiss write {r['raw_write_s']:.2f} s = {r['raw_vectors_per_s']:,} vectors/s; "
             f"flow/raw {r['flow_over_raw_time']}x; overhead {r['flow_overhead_ms_per_batch']} ms/batch"
         )
+    if "fleet" in r:
+        fleet, per_call = r["fleet"], r["per_call_commit"]
+        line += (
+            f" | fleet shape (calls of {fleet['batch_size']}, {fleet['calls_in_flight']} in flight, "
+            f"commit {fleet['commit_size']:,}): {fleet['flow_products_per_s']:,} products/s "
+            f"({fleet['flow_ms_per_commit']} ms per commit; goal >= {r['fleet_goal_products_per_s']:,}"
+            f": {'met' if r['fleet_goal_met'] else 'NOT met'}); committed call by call: "
+            f"{per_call['flow_products_per_s']:,} products/s ({per_call['flow_ms_per_commit']} ms per "
+            f"commit) = {r['fleet_over_per_call_commit']}x slower"
+        )
     return line
 
 
@@ -203,9 +308,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--no-raw", action="store_true", help="skip the raw faiss comparison")
+    parser.add_argument("--fleet-batch", type=int, default=FLEET_BATCH, help="the fleet's call")
+    parser.add_argument("--fleet-in-flight", type=int, default=FLEET_IN_FLIGHT)
+    parser.add_argument("--no-shapes", action="store_true", help="only the --batch-size shape")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
-    report = measure(args.products, kinds, args.batch_size, raw=not args.no_raw)
+    report = measure(
+        args.products,
+        kinds,
+        args.batch_size,
+        raw=not args.no_raw,
+        fleet_batch=args.fleet_batch,
+        fleet_in_flight=args.fleet_in_flight,
+        shapes=not args.no_shapes,
+    )
     emit(report, summary_line(report))
 
 

@@ -1,4 +1,5 @@
-"""build-index against a simulated Modal fleet: enough calls in flight, lost calls accounted for.
+"""build-index against a simulated Modal fleet: enough calls in flight across chunk boundaries,
+at most two chunks held, lost calls accounted for.
 
 The real flow and the real ModalEmbedClient drive FakeDeployment (the deployed class's call
 shape, in-process), registered as a backend with application.backends.register_backend.
@@ -10,7 +11,9 @@ import csv
 import json
 import random
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import modal.exception
 import pytest
@@ -24,6 +27,7 @@ from flows.build_index import build_index
 from modal_workers.remote import ModalEmbedClient
 from sharding.loader import load_index
 from sharding.local_store import LocalStore
+from sharding.state import read_progress
 from tests.support.fake_modal import FakeDeployment
 
 KINDS = ["color", "structure", "combined"]
@@ -80,6 +84,32 @@ def test_the_flow_keeps_the_whole_fleet_busy_and_writes_in_catalog_order(
     everything = list(range(1, PRODUCTS + 1))
     assert _ids(tmp_path / "store") == {kind: everything for kind in KINDS}  # ... written in order
     assert summary["products"] == PRODUCTS and summary["failed"] == 0
+
+
+def test_the_next_chunk_runs_while_the_previous_is_written_and_two_at_most_are_held(
+    prefect_api: object, url_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FAISS_BUILDER_MAX_IN_FLIGHT", raising=False)
+    store, lock = tmp_path / "store", threading.Lock()
+    started: list[tuple[Any, Any, Any]] = []  # (first id, last id, committed cursor) per call
+
+    def seconds(number: int, refs: Sequence[Any]) -> float:
+        progress = read_progress(LocalStore(store))
+        cursor = (progress.cursor("color") if progress is not None else None) or 0
+        with lock:
+            started.append((refs[0][0], refs[-1][0], cursor))
+        return 0.05
+
+    commit = 20  # one wave: 4 calls in flight x 5 products
+    deployment = FakeDeployment(containers=2, inputs_per_container=2, batch_seconds=seconds)
+    summary = _build(store, url_catalog, _register("fake-chunks", deployment), commit_size=commit)
+    assert (summary["commits"], summary["batches"]) == (PRODUCTS // commit, PRODUCTS // BATCH)
+    assert deployment.most_running == 4
+    # Memory: products sent but not committed never pass two chunks.
+    assert max(last - cursor for _, last, cursor in started) <= 2 * commit
+    # The fleet is kept busy: calls of a chunk ran while the chunk before it was not committed.
+    assert any(first > cursor + commit for first, _, cursor in started)
+    assert _ids(store) == {kind: list(range(1, PRODUCTS + 1)) for kind in KINDS}
 
 
 def test_an_explicit_max_in_flight_bounds_the_calls(
