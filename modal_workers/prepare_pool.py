@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 
 from modal_workers.budget import PixelBudget
+from modal_workers.decode import without_bytes
 from modal_workers.embedder import SquareCropEmbedder
 from modal_workers.fetch import open_client
 from modal_workers.pipeline import load_prepared
@@ -199,7 +200,8 @@ def worker_main(conn: Connection, setup: WorkerSetup) -> None:
                     for view in views:
                         ring[slot, VIEWS.index(view), position] = result[view]
             except Exception as exc:  # a broken slot write must not lose the chunk's answer
-                outcomes[position] = ("unexpected_error", f"{type(exc).__name__}: {exc}")
+                message = f"{type(exc).__name__}: {without_bytes(str(exc))}"
+                outcomes[position] = ("unexpected_error", message)
             with state:
                 left[0] -= 1
                 last = left[0] == 0
@@ -548,8 +550,11 @@ class PreparePool:
                     return
                 pending.append(self._submit(chunks.popleft(), views, wire_limits, slot))
 
+        unread = [len(refs)]  # refs not yet copied out: a batch never needs more rows than that
+
         def new_batch() -> dict[str, np.ndarray]:
-            return {v: np.empty((batch_size, height, width, 3), np.uint8) for v in views}
+            rows = min(batch_size, unread[0])
+            return {v: np.empty((rows, height, width, 3), np.uint8) for v in views}
 
         ids: list[Any] = []
         batch = new_batch()
@@ -586,6 +591,7 @@ class PreparePool:
                             full.append((ids, batch))
                             ids, batch = [], new_batch()
                 finally:
+                    unread[0] -= len(task.refs)
                     self._release(task)
                     top_up()  # the next chunks prepare while the caller embeds this batch
                 yield from full
