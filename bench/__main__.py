@@ -163,6 +163,38 @@ def _service_rows(r: dict[str, Any]) -> list[Row]:
     return [("9 service query by id, HTTP / in-process p50", measured, "<= 1.3x", r["goal_met"])]
 
 
+def _sync_rows(r: dict[str, Any]) -> list[Row]:
+    small, large = r["sizes"]
+    rows: list[Row] = []
+    if "no_change_ratio" in r:
+        at = r["no_change"][str(large)]
+        measured = (
+            f"{r['no_change_ratio']:.2f}x ({large:,} vs {small:,} products: "
+            f"{at['catalog_requests']} catalog request, {at['catalog_rows']} rows, "
+            f"{at['bytes_written']:,} B written, {r['no_change_shards_written']} shards touched)"
+        )
+        ok = r["no_change_ratio"] <= 1.2 and not r["no_change_shards_written"]
+        rows.append(("11 catalog sync, nothing changed", measured, "<= 1.2x", ok))
+    if "changes_ratio" in r:
+        c = r["changes"]
+        measured = (
+            f"bytes {r['changes_ratio']:.2f}x ({c['sync']['bytes_written']:,} vs "
+            f"{c['append']['bytes_written']:,} B), seconds {r['changes_seconds_ratio']:.2f}x "
+            f"({c['changed']:,} changed + {c['deleted']:,} deleted of {large:,})"
+        )
+        ok = r["changes_ratio"] <= 1.3
+        rows.append(("11 sync 1% changed + 0.1% deleted / append", measured, "<= 1.3x", ok))
+    if "dead_search_ratio" in r:
+        d = r["dead"]
+        measured = (
+            f"{r['dead_search_ratio']:.2f}x ({d['search_s_100_queries_dead_median'] * 1000:.1f} "
+            f"vs {d['search_s_100_queries_compacted_median'] * 1000:.1f} ms, {d['live']:,} live)"
+        )
+        ok = r["dead_search_ratio"] <= 1.2
+        rows.append(("11 search 10% dead / compacted", measured, "<= 1.2x", ok))
+    return rows
+
+
 BENCHES = [
     Bench("flow_ceiling", [], ["--products", "5000"], _flow_rows),
     Bench("memory_growth", [], ["--quick"], _memory_rows),
@@ -175,6 +207,7 @@ BENCHES = [
     Bench("fleet", [], ["--quick"], _fleet_rows),
     Bench("service_latency", [], ["--quick"], _service_rows),
     Bench("ann", [], ["--quick"], _ann_rows),
+    Bench("sync_cost", [], ["--quick"], _sync_rows),
 ]
 
 

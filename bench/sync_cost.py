@@ -1,7 +1,14 @@
 """What a nightly catalog sync costs (issue 14): no changes at 10k vs 1M products; 1% changed +
 0.1% deleted vs appending as many new products; load and search with 10% dead slots.
 
-    python -m bench.sync_cost [--sizes 10000,1000000] [--dim 64]
+    python -m bench.sync_cost [--quick] [--sizes 10000,1000000] [--dim 64]
+
+Prints one JSON object (bench/_common.emit) with the three ratios of issue 14's goals, measured
+side by side in this run: `no_change_ratio` (the largest of catalog requests, rows read, bytes
+read and bytes written at the large size over the small one; 0/0 counts as 1), `changes_ratio`
+(bytes written by the sync of 1% changed + 0.1% deleted over appending as many new products;
+`changes_seconds_ratio` beside it) and `dead_search_ratio` (search with 10% dead slots over the
+same live set compacted).
 
 The store is in memory (sharding.MemoryStore), the catalog a change feed in memory (as the
 Supabase catalog answers: changed_since pages, no ids-only pass), the embedder a stand-in that
@@ -22,6 +29,7 @@ import numpy as np
 
 from application.catalog.base import Product, ProductId
 from application.sync import sync_catalog
+from bench._common import emit
 from modal_workers.types import EmbedOutput
 from sharding import BuildConfig, EmbeddedBatch, IndexWriter, MemoryStore, load_index
 from sharding.names import parse
@@ -202,21 +210,73 @@ def dead_search(n: int, dim: int, queries: int = 100) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def _ratio(large: float, small: float) -> float:
+    if small == 0:
+        return 1.0 if large == 0 else float("inf")
+    return large / small
+
+
+NO_CHANGE_COSTS = ("catalog_requests", "catalog_rows", "bytes_read", "bytes_written")
+
+
+def report(sizes: Sequence[int], dim: int, only: str | None = None) -> dict[str, Any]:
+    """Every measure at these sizes (the last one for changes and dead slots), with the ratios."""
+    small, large = sizes[0], sizes[-1]
+    out: dict[str, Any] = {"bench": "sync_cost", "sizes": [small, large], "dim": dim}
+    if only in (None, "no-change"):
+        costs = {n: no_change(n, dim) for n in (small, large)}
+        out["no_change"] = {str(n): cost for n, cost in costs.items()}
+        out["no_change_ratio"] = round(
+            max(_ratio(costs[large][k], costs[small][k]) for k in NO_CHANGE_COSTS), 3
+        )
+        out["no_change_shards_written"] = max(c["shard_files_written"] for c in costs.values())
+    if only in (None, "changes"):
+        changes = changes_vs_append(large, dim)
+        out["changes"] = changes
+        sync, append = changes["sync"], changes["append"]
+        out["changes_ratio"] = round(_ratio(sync["bytes_written"], append["bytes_written"]), 3)
+        out["changes_seconds_ratio"] = round(_ratio(sync["seconds"], append["seconds"]), 3)
+    if only in (None, "dead"):
+        dead = dead_search(large, dim)
+        out["dead"] = dead
+        out["dead_search_ratio"] = round(
+            _ratio(
+                dead["search_s_100_queries_dead_median"],
+                dead["search_s_100_queries_compacted_median"],
+            ),
+            3,
+        )
+    goals = [
+        out.get("no_change_ratio", 0) <= 1.2 and not out.get("no_change_shards_written"),
+        out.get("changes_ratio", 0) <= 1.3,
+        out.get("dead_search_ratio", 0) <= 1.2,
+    ]
+    out["goal_met"] = all(goals)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,1000000")
-    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="2,000 vs 20,000 products, 8-d")
+    parser.add_argument("--sizes", default=None, help="small,large (default 10000,1000000)")
+    parser.add_argument("--dim", type=int, default=None, help="vector dimension (default 64)")
     parser.add_argument("--only", choices=["no-change", "changes", "dead"], default=None)
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    if args.only in (None, "no-change"):
-        for n in sizes:
-            print(f"no-change sync, {n:,} products, {args.dim}-d:", no_change(n, args.dim))
-    n = sizes[-1]
-    if args.only in (None, "changes"):
-        print(f"1% changed + 0.1% deleted vs append, {n:,}:", changes_vs_append(n, args.dim))
-    if args.only in (None, "dead"):
-        print(f"10% dead slots, {n:,}:", dead_search(n, args.dim))
+    args = parser.parse_args(argv)
+    sizes_text = args.sizes or ("2000,20000" if args.quick else "10000,1000000")
+    sizes = [int(s) for s in sizes_text.split(",")]
+    dim = args.dim or (8 if args.quick else 64)
+    out = report(sizes, dim, args.only)
+    parts = []
+    if "no_change_ratio" in out:
+        parts.append(f"no-change {sizes[-1]:,} vs {sizes[0]:,}: {out['no_change_ratio']}x")
+    if "changes_ratio" in out:
+        parts.append(
+            f"1% changed + 0.1% deleted vs append: bytes {out['changes_ratio']}x, "
+            f"seconds {out['changes_seconds_ratio']}x"
+        )
+    if "dead_search_ratio" in out:
+        parts.append(f"search 10% dead vs compacted: {out['dead_search_ratio']}x")
+    emit(out, "sync_cost: " + "; ".join(parts))
 
 
 if __name__ == "__main__":
