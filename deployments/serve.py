@@ -23,8 +23,13 @@ from prefect.exceptions import ObjectNotFound
 from deployments.specs import DEPLOYMENTS, HEARTBEAT_S, TIMEZONE, DeploymentSpec
 from flows.alignment_check import alignment_check
 from flows.build_index import build_index
+from flows.compact_index import compact_index
 
-FLOWS: dict[str, Flow[..., Any]] = {"build-index": build_index, "alignment-check": alignment_check}
+FLOWS: dict[str, Flow[..., Any]] = {
+    "build-index": build_index,
+    "alignment-check": alignment_check,
+    "compact-index": compact_index,
+}
 EXIT_REFUSED = 2
 
 

@@ -17,7 +17,7 @@ ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
 
 @dataclass(frozen=True)
 class DeploymentSpec:
-    flow: str  # flow name: "build-index" or "alignment-check"
+    flow: str  # flow name: "build-index", "alignment-check" or "compact-index"
     name: str  # deployment name; run it as "<flow>/<name>"
     cron: str
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -57,5 +57,21 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         "0 5 * * *",
         {"sample": 32},  # every kind the store holds
         "Nightly: prove every index agrees with its id maps.",
+    ),
+    # Sunday: find rows deleted from the table (ids only, issue 14), then compact what they and
+    # the week's replacements left dead, before the 05:00 check audits the result.
+    DeploymentSpec(
+        "build-index",
+        "reconcile",
+        "0 4 * * 0",
+        {"reconcile": True, "lease_wait_s": SCHEDULED_LEASE_WAIT_S},
+        "Weekly: a build that also finds rows deleted from a Supabase table (ids-only pass).",
+    ),
+    DeploymentSpec(
+        "compact-index",
+        "weekly",
+        "30 4 * * 0",
+        {"lease_wait_s": SCHEDULED_LEASE_WAIT_S},  # every kind the store holds
+        "Weekly: rewrite kinds whose dead slots reach FAISS_BUILDER_COMPACT_THRESHOLD.",
     ),
 )

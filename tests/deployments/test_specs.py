@@ -12,6 +12,7 @@ from deployments.specs import DEPLOYMENTS, TIMEZONE, WORK_POOL
 ENTRYPOINTS = {
     "build-index": "flows/build_index.py:build_index",
     "alignment-check": "flows/alignment_check.py:alignment_check",
+    "compact-index": "flows/compact_index.py:compact_index",
 }
 
 
@@ -37,6 +38,30 @@ def test_every_build_kind_has_a_deployment_and_valid_cron() -> None:
     assert {"build-index/color", "build-index/structure", "build-index/combined"} <= names
     for spec in DEPLOYMENTS:
         assert CronSchedule(cron=spec.cron, timezone=TIMEZONE).cron == spec.cron
+
+
+def test_reconciliation_and_compaction_have_schedules_of_their_own() -> None:
+    """Issue 14: the ids-only reconciliation pass runs on its own schedule (a build with
+    reconcile), and compaction after it, before the nightly check audits the store."""
+    by_name = {spec.full_name: spec for spec in DEPLOYMENTS}
+    reconcile, compact = by_name["build-index/reconcile"], by_name["compact-index/weekly"]
+    assert reconcile.parameters["reconcile"] is True
+    assert "kinds" not in compact.parameters  # every kind the store holds
+    nightly = {spec.cron for spec in DEPLOYMENTS if spec.name != "reconcile"} - {compact.cron}
+    assert reconcile.cron not in nightly and compact.cron != reconcile.cron
+    assert reconcile.cron.endswith(" 0") and compact.cron.endswith(" 0")  # weekly, Sunday
+    assert int(reconcile.cron.split()[1]) <= int(compact.cron.split()[1]) < 5  # before 05:00
+
+
+def test_the_compact_flow_takes_every_deployment_parameter() -> None:
+    import inspect
+
+    from flows.compact_index import compact_index
+
+    accepted = set(inspect.signature(compact_index.fn).parameters)
+    for spec in DEPLOYMENTS:
+        if spec.flow == "compact-index":
+            assert set(spec.parameters) <= accepted
 
 
 def test_served_deployments_carry_schedule_parameters_and_one_run_at_a_time() -> None:
