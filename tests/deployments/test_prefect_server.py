@@ -124,6 +124,18 @@ def _run_color_through_a_worker(env: dict[str, str], project: Path) -> dict[str,
     return state
 
 
+def _run_through_a_worker(env: dict[str, str], project: Path, name: str) -> dict[str, Any]:
+    """`prefect deployment run <name>`, one worker pass; the run's final state."""
+    out = _prefect(env, "deployment", "run", name, cwd=project)
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", out)
+    assert run_id, out
+    _prefect(
+        env, "worker", "start", "--pool", "faiss-builder", "--run-once", "--limit", "1", cwd=project
+    )
+    state: dict[str, Any] = _api(env, "GET", f"/flow_runs/{run_id.group(1)}")["state"]
+    return state
+
+
 def _deployment(env: dict[str, str], name: str) -> dict[str, Any]:
     deployment: dict[str, Any] = _api(env, "GET", f"/deployments/name/{name}")
     return deployment
@@ -163,6 +175,16 @@ def test_deploy_all_then_run_color_as_readme_says(
     # Deployment runs send heartbeats often enough for deployments.zombies.
     color = _deployment(env, "build-index/color")
     assert color["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
+
+    # Weekly reconciliation and compaction have schedules of their own; compaction runs
+    # through the worker on the store just built (nothing dead: nothing rewritten).
+    assert _deployment(env, "build-index/reconcile")["parameters"]["reconcile"] is True
+    weekly = _deployment(env, "compact-index/weekly")
+    assert [s["schedule"]["cron"] for s in weekly["schedules"]] == ["30 4 * * 0"]
+    before = (store / "progress.json").read_bytes()
+    compacted = _run_through_a_worker(env, project, "compact-index/weekly")
+    assert compacted["type"] == "COMPLETED", compacted
+    assert (store / "progress.json").read_bytes() == before
 
 
 @pytest.mark.slow
