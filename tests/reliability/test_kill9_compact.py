@@ -170,3 +170,31 @@ def test_random_sigkills_during_compactions_then_resume_equal_an_uninterrupted_o
     assert len(phases) >= chains * kills, f"only {len(phases)} kills landed: {phases}"
     assert "uploading" in phases, f"no kill landed while new shards were uploaded: {phases}"
     print(f"kill -9 during compact: {len(phases)} kills, phases {sorted(set(phases))}")
+
+
+def test_compact_refuses_in_one_line_with_the_documented_exit_codes(
+    dirty: Dirty, tmp_path: Path
+) -> None:
+    from sharding.lease import StoreLease
+
+    env = cli_env(NO_PREFECT, tmp_path / "home")
+    store = tmp_path / "store"
+    shutil.copytree(dirty.store, store)
+    before = (store / "progress.json").read_bytes()
+    bad = run_cli([*_args(store, dirty.catalog), "--threshold", "1.5"], env, tmp_path)
+    empty = run_cli(_args(tmp_path / "empty", dirty.catalog), env, tmp_path)
+    held = StoreLease.acquire(LocalStore(store), "a-build", ttl_s=60)
+    try:
+        busy = run_cli(
+            _args(store, dirty.catalog), {**env, "FAISS_BUILDER_LEASE_WAIT_S": "0"}, tmp_path
+        )
+    finally:
+        held.release()
+    for result, code in ((bad, 2), (empty, 4), (busy, 5)):
+        assert result.code == code, result.stderr
+        assert (
+            result.stderr.startswith("faiss-builder: error: ") and "Traceback" not in result.stderr
+        )
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "a-build" in busy.stderr
+    assert (store / "progress.json").read_bytes() == before
