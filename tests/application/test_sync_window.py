@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
+import pytest
 
 from application.catalog.base import Product, canonical_time
 from application.catalog.local import LocalCatalog
@@ -19,6 +20,7 @@ from application.sync import MAX_SEEN, sync_catalog
 from modal_workers.types import EmbedOutput, FailedProduct
 from sharding import BuildConfig, EmbeddedBatch, IndexWriter, LocalStore, check_store, load_index
 from sharding.config import RollupLimits
+from sharding.storage import InjectedCrash
 
 BASE = datetime(2026, 12, 1, 12, 0, tzinfo=UTC).timestamp()
 DIM = 8
@@ -64,9 +66,9 @@ class Run:
         self.embedded: list[object] = []
         self.broken: set[str] = set()
 
-    def writer(self) -> IndexWriter:
+    def writer(self, **crash: Any) -> IndexWriter:
         config = BuildConfig("t", "t", {"color": DIM})
-        return IndexWriter.open(self.store, config, run_id="sync", rollup=self.rollup)
+        return IndexWriter.open(self.store, config, run_id="sync", rollup=self.rollup, **crash)
 
     def embed(self, products: list[Product]) -> EmbedOutput:
         ok = [p for p in products if p.image_url not in self.broken]
@@ -91,8 +93,10 @@ class Run:
             writer.commit()
         writer.finish()
 
-    def sync(self, now: float, overlap_s: float = 300, batch: int = 100) -> dict[str, Any]:
-        writer = self.writer()
+    def sync(
+        self, now: float, overlap_s: float = 300, batch: int = 100, **crash: Any
+    ) -> dict[str, Any]:
+        writer = self.writer(**crash)
         session = SimpleNamespace(
             catalog=self.catalog.open(), writer=writer, kinds=["color"],
             embed=self.embed,
@@ -208,3 +212,44 @@ def test_failure_records_in_rolled_chunks_are_dropped_when_the_product_embeds(
     assert left != chunks  # the chunks that held 3 and 5 were rewritten, the old ones removed
     report = check_store(run.store)
     assert report.ok and report.failures == 3, report.to_markdown()
+
+
+def test_a_sync_killed_at_every_write_while_re_reading_the_window_applies_each_change_once(
+    tmp_path: Path,
+) -> None:
+    def scenario(folder: Path) -> Run:
+        folder.mkdir()
+        catalog, run = _catalog(folder)
+        for pid, second in ((3, 100), (5, 200)):
+            catalog.put(pid, f"img/{pid}-b", at(second))
+        run.sync(210, batch=1)
+        catalog.put(4, "img/4-b", at(150))  # late, below the position
+        catalog.put(2, "img/2-b", at(160))  # late too
+        catalog.put(6, "img/6", at(220), deleted=at(220))  # a new soft delete above it
+        catalog.put(8, "img/8-b", at(230))  # a new change above it
+        return run
+
+    reference = scenario(tmp_path / "reference")
+    done = reference.sync(250, batch=1)
+    assert done["embedded"] == [2, 4, 8] and done["already_applied"] == 2
+    expected = reference.live()
+    dead = load_index(reference.store, "color").dead_slots
+    for n in range(1, 40):
+        run = scenario(tmp_path / f"kill-{n}")
+        try:
+            run.sync(250, batch=1, crash_after_writes=n)
+        except InjectedCrash:
+            pass
+        else:
+            assert n > 3, "the sync wrote too little to test"
+            break
+        resumed = run.sync(250, batch=1)
+        got = run.live()
+        assert set(got) == set(expected), n
+        for pid, vector in expected.items():
+            np.testing.assert_allclose(got[pid], vector, atol=1e-6)
+        assert load_index(run.store, "color").dead_slots == dead, n  # nothing applied twice
+        assert run.sync(260)["embedded"] == [], n
+        assert resumed["rows_read"] >= 1
+    else:
+        pytest.fail("the sync never finished within 40 writes")
