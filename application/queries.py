@@ -24,7 +24,7 @@ def search_store(
     """Top-k neighbours of an indexed product (its stored vector), a query image or a text.
 
     A kind with a serving approximate index (sharding.ann) is searched through it unless
-    `exact`; the result's `method` says which (`ivf` or `exact`). Such a kind is memory-mapped
+    `exact`; the result's `method` says which (`ivf` or `exact`). Such a kind's vectors stay on disk
     (application.searcher.load_kind): `exact` streams its shards one at a time."""
     from application.searcher import load_kind
     from sharding.ann import load_ann

@@ -2,9 +2,9 @@
 
 A kind with a serving approximate index (sharding.ann: IVF lists over the sealed shards plus an
 exact scan of the rest) is searched through it; other kinds by the exact flat scan. Such a kind
-is loaded with sharding.loader.map_index: its sealed shards' vectors stay on disk (memory-mapped:
-the store's own files for a local store, the cache folder's copies for a remote one) and only
-the re-rank's candidates are read per query, so memory holds the lists' codes and the ids, not
+is loaded with sharding.loader.map_index: its sealed shards' vectors stay on disk (the store's
+own files for a local store, the cache folder's copies for a remote one) and only the re-rank's
+candidates are read per query (pread), so memory holds the lists' codes and the ids, not
 the vectors; `exact=True` then streams the shards one at a time.
 
 The HTTP service (service/) keeps one `LoadedCommit` per commit it serves; the CLI's
@@ -225,7 +225,7 @@ def load_kind(
     cache_dir: Path | None = None,
     mapped: bool | None = None,
 ) -> ShardedIndex:
-    """One kind's index: memory-mapped (map_index) where `mapped`, or by default where an
+    """One kind's index: its sealed shards left on disk (map_index) where `mapped`, or by default where an
     approximate index serves (its search reads only candidates); in memory otherwise."""
     from sharding.loader import load_index, map_index
 

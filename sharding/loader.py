@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
-import mmap
 import os
 import tempfile
 import threading
@@ -41,53 +41,138 @@ class Hit:
     score: float
 
 
-class MappedVectors:
-    """The live vectors of a kind as (n, dim) float32 rows read on demand, one block per shard.
+class FileBlock:
+    """A sealed shard's (n, dim) float32 vectors left in a file, read on demand with pread.
 
-    A sealed shard's block is a read-only np.memmap of its file's vector block (a local store's
-    file, or the cache's exact copy of a remote one), mapped with MADV_RANDOM so that a read of
-    one row brings in its page, not a readahead window; the open shard's block is in memory. Row
-    r is the r-th live slot (dead slots are skipped, as in ShardedIndex). `take` gathers rows
-    (the re-rank of an approximate search: ~2 pages per candidate), `scan` streams the blocks
-    (exact search), dropping each mapped block's pages from this process after use.
+    Not memory-mapped: a mapped page that is read stays in the process's resident set (with
+    the kernel's fault-around, 64 kB per row touched), while pread copies only the rows asked
+    for and leaves the file's pages to the page cache. The file is opened on the first read and
+    kept open (one descriptor per shard read); when the process is out of descriptors, each
+    read opens and closes it.
+    """
+
+    def __init__(self, path: Path, offset: int, n: int, dim: int) -> None:
+        self.path, self.offset, self.n, self.dim = path, offset, n, dim
+        self.row_bytes = 4 * dim
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def nbytes(self) -> int:
+        return self.n * self.row_bytes
+
+    @contextlib.contextmanager
+    def fd(self) -> Iterator[int]:
+        if self._fd is None:
+            with self._lock:
+                if self._fd is None:
+                    try:
+                        self._fd = os.open(self.path, os.O_RDONLY)
+                    except OSError as exc:
+                        if exc.errno != errno.EMFILE:
+                            raise
+        if self._fd is not None:
+            yield self._fd
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def read(self, out: np.ndarray) -> np.ndarray:
+        """Every row, into `out` (at least n rows); returns out[:n]."""
+        done = out[: self.n]
+        view = done.data.cast("B")
+        with self.fd() as fd:
+            filled = 0
+            while filled < len(view):
+                got = os.preadv(fd, [view[filled:]], self.offset + filled)
+                if got <= 0:
+                    raise StateError(f"{self.path.name}: cut short while it was served")
+                filled += got
+        return done
+
+
+class MappedVectors:
+    """The live vectors of a kind as (n, dim) float32 rows, one block per shard, sealed shards'
+    blocks left on disk (FileBlock: the local store's file, or the cache's exact copy of a
+    remote one) and the open shard's in memory.
+
+    Row r is the r-th live slot (dead slots are skipped, as in ShardedIndex). `take` reads the
+    rows asked for (the re-rank of an approximate search: 4 x dim bytes per candidate), `scan`
+    streams the blocks through one reused buffer (exact search): memory holds one shard.
     """
 
     dtype = np.dtype(np.float32)
     ndim = 2
 
-    def __init__(self, blocks: list[np.ndarray], dim: int, live: np.ndarray | None) -> None:
+    def __init__(
+        self, blocks: list[np.ndarray | FileBlock], dim: int, live: np.ndarray | None
+    ) -> None:
         self.blocks = blocks
         self.dim = dim
         self.starts = np.concatenate([[0], np.cumsum([len(b) for b in blocks])]).astype(np.int64)
         self.live = live  # slot of each live row, ascending; None: every slot is live
         self.shape = (int(self.starts[-1]) if live is None else len(live), dim)
+        self._on_disk = np.array([isinstance(b, FileBlock) for b in blocks], dtype=bool)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     @property
-    def mapped_bytes(self) -> int:
-        """Bytes of vectors left on disk (mapped), not held in memory."""
-        return sum(b.nbytes for b in self.blocks if isinstance(b, np.memmap))
+    def disk_bytes(self) -> int:
+        """Bytes of vectors left on disk, not held in memory."""
+        return sum(b.nbytes for b in self.blocks if isinstance(b, FileBlock))
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """The vectors of these rows (a copy; a view for a run of rows inside one block)."""
+        """The vectors of these rows (a copy; a view for a run of rows in an in-memory block)."""
         rows = np.asarray(rows, dtype=np.int64).ravel()
+        out = np.empty((len(rows), self.dim), np.float32)
         if not len(rows):
-            return np.zeros((0, self.dim), np.float32)
+            return out
         if rows.min() < 0 or rows.max() >= len(self):
             raise IndexError(f"rows outside 0..{len(self) - 1}")
         slots = rows if self.live is None else self.live[rows]
         which = np.searchsorted(self.starts, slots, side="right") - 1
         first, last = int(which[0]), int(which[-1])
-        if first == last and int(slots[-1]) - int(slots[0]) == len(slots) - 1:
+        head = self.blocks[first]
+        if (
+            first == last
+            and int(slots[-1]) - int(slots[0]) == len(slots) - 1
+            and isinstance(head, np.ndarray)
+        ):
             lo = int(slots[0] - self.starts[first])
-            return np.asarray(self.blocks[first][lo : lo + len(slots)])
-        out = np.empty((len(rows), self.dim), np.float32)
-        order = np.argsort(which, kind="stable")
-        for group in np.split(order, np.flatnonzero(np.diff(which[order])) + 1):
-            block = int(which[group[0]])
-            out[group] = self.blocks[block][slots[group] - self.starts[block]]
+            return np.asarray(head[lo : lo + len(slots)])
+        on_disk = self._on_disk[which]
+        if on_disk.any():  # one pread per row straight into `out`
+            view, size = out.data.cast("B"), 4 * self.dim
+            local = (slots - self.starts[which]).tolist()
+            with contextlib.ExitStack() as stack:
+                fds: dict[int, int] = {}
+                for i in np.flatnonzero(on_disk).tolist():
+                    number = int(which[i])
+                    block = self.blocks[number]
+                    assert isinstance(block, FileBlock)
+                    fd = fds.get(number)
+                    if fd is None:
+                        fd = fds[number] = stack.enter_context(block.fd())
+                    got = os.preadv(
+                        fd, [view[i * size : (i + 1) * size]], block.offset + local[i] * size
+                    )
+                    if got != size:
+                        raise StateError(f"{block.path.name}: cut short while it was served")
+        if not on_disk.all():
+            order = np.flatnonzero(~on_disk)
+            order = order[np.argsort(which[order], kind="stable")]
+            for group in np.split(order, np.flatnonzero(np.diff(which[order])) + 1):
+                number = int(which[group[0]])
+                memory = self.blocks[number]
+                assert isinstance(memory, np.ndarray)
+                out[group] = memory[slots[group] - self.starts[number]]
         return out
 
     def __getitem__(self, key: object) -> np.ndarray:
@@ -101,18 +186,20 @@ class MappedVectors:
         return self.take(np.arange(len(self)))  # every vector in memory: small kinds only
 
     def scan(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, that block's live vectors) per block, in row order."""
+        """(first row, that block's live vectors) per block, in row order; a block on disk is
+        read into one buffer reused for the next (valid until the next step)."""
         row = 0
+        largest = max((len(b) for b in self.blocks if isinstance(b, FileBlock)), default=0)
+        buffer = np.empty((largest, self.dim), np.float32)
         for number, block in enumerate(self.blocks):
             lo, hi = int(self.starts[number]), int(self.starts[number + 1])
-            vectors = np.asarray(block)
+            vectors = block.read(buffer) if isinstance(block, FileBlock) else block
             if self.live is not None:
                 a, z = np.searchsorted(self.live, [lo, hi])
                 if z - a < hi - lo:
                     vectors = vectors[self.live[a:z] - lo]
             yield row, vectors
             row += len(vectors)
-            _drop_pages(block)
 
     def knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner-product top-k (scores, rows) over every row, one block at a time."""
@@ -133,23 +220,6 @@ class MappedVectors:
             best_s = np.take_along_axis(merged_s, order, 1)
             best_i = np.take_along_axis(merged_i, order, 1)
         return best_s, best_i
-
-
-def _drop_pages(block: np.ndarray) -> None:
-    """A mapped block's pages leave this process's resident set (the page cache keeps them)."""
-    handle = getattr(block, "_mmap", None)
-    if isinstance(handle, mmap.mmap):
-        with contextlib.suppress(OSError, ValueError):
-            handle.madvise(mmap.MADV_DONTNEED)
-
-
-def _map(path: Path, offset: int, shape: tuple[int, int]) -> np.memmap:
-    mapped = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=shape)
-    handle = getattr(mapped, "_mmap", None)
-    if isinstance(handle, mmap.mmap):
-        with contextlib.suppress(OSError, ValueError):
-            handle.madvise(mmap.MADV_RANDOM)
-    return mapped
 
 
 Vectors = np.ndarray | MappedVectors
@@ -281,11 +351,12 @@ def map_index(
     trust_cache: bool = False,
 ) -> ShardedIndex:
     """Like load_index, but the vectors of sealed shards stay on disk: each is verified (read
-    once through a reused buffer, hashed as load_index does) and then memory-mapped, so memory
-    holds the ids and the open shard, not the kind's vectors (MappedVectors).
+    once through a reused buffer, hashed as load_index does) and then left in its file, read on
+    demand (MappedVectors, FileBlock), so memory holds the ids and the open shard, not the
+    kind's vectors.
 
-    The mapped file is the store's own for a LocalStore, else the exact copy in `cache_dir`
-    (downloaded once, named by its sha256). A shard that cannot be mapped (no local file and no
+    The file is the store's own for a LocalStore, else the exact copy in `cache_dir`
+    (downloaded once, named by its sha256). A shard that cannot be left on disk (no local file and no
     cache, a faiss that writes another layout, bytes that are not the committed ones) is read
     into memory by load_index's path instead, which also names what is wrong.
     """
@@ -296,7 +367,7 @@ def map_index(
     root = storage.root if isinstance(storage, LocalStore) else None
     scratch = threading.local()
 
-    def load(record: ShardRecord) -> tuple[np.ndarray, list[ProductId]]:
+    def load(record: ShardRecord) -> tuple[np.ndarray | FileBlock, list[ProductId]]:
         block = _map_shard(source, root, record, dim, scratch) if record.sealed else None
         if block is None:
             out = np.empty((record.vectors, dim), dtype=np.float32)
@@ -309,7 +380,7 @@ def map_index(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         loaded = list(pool.map(load, records))
-    blocks = [block for block, _ in loaded]
+    blocks: list[np.ndarray | FileBlock] = [block for block, _ in loaded]
     ids = [pid for _, shard_ids in loaded for pid in shard_ids]
     if len(ids) != progress.kinds[kind].total_vectors:
         raise StateError(
@@ -333,8 +404,8 @@ def _map_shard(
     record: ShardRecord,
     dim: int,
     scratch: threading.local,
-) -> np.memmap | None:
-    """A verified read-only map of a sealed shard's vectors, or None (load it instead)."""
+) -> FileBlock | None:
+    """A sealed shard's vectors left in a verified file, or None (load it instead)."""
     if record.vectors == 0 or not flat_ip_layout_holds():
         return None
     header = flat_ip_header(dim, record.vectors)
@@ -369,7 +440,7 @@ def _map_shard(
                 and match_committed(record.name, parts, record.index_digests).committed
             ):
                 return None
-        return _map(path, len(header), (record.vectors, dim))
+        return FileBlock(path, len(header), record.vectors, dim)
     except FileNotFoundError:
         return None
 

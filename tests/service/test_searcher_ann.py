@@ -69,7 +69,7 @@ def test_brand_filter_through_the_approximate_index(tmp_path: Path) -> None:
     assert results[0].image_url == "https://img.example/5.jpg"
 
 
-def test_a_local_store_is_served_memory_mapped_with_the_same_answers(tmp_path: Path) -> None:
+def test_a_local_store_is_served_from_disk_with_the_same_answers(tmp_path: Path) -> None:
     """The kind with an approximate index is mapped (its vectors left on disk); every search
     (approximate, brand-filtered, exact) answers as the fully loaded commit does."""
     store, catalog, _ = _store(tmp_path, local=True)

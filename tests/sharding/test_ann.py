@@ -354,7 +354,7 @@ def test_mapped_index_serves_the_same_results_without_the_vectors_in_memory(
     assert isinstance(mapped.vectors, MappedVectors) and not isinstance(
         loaded.vectors, MappedVectors
     )
-    assert mapped.vectors.mapped_bytes == 6 * 500 * DIM * 4  # every sealed shard left on disk
+    assert mapped.vectors.disk_bytes == 6 * 500 * DIM * 4  # every sealed shard left on disk
     assert mapped.ids == loaded.ids and mapped.ntotal == loaded.ntotal == 2200
     rows = np.array([0, 5, 1999, 2000, 2199, 7, 6])  # across shards, the open one, unordered
     np.testing.assert_array_equal(mapped.vectors[rows], loaded.vectors[rows])
