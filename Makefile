@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench soak clean stack-install browser-install
+.PHONY: install demo test lint format bench bench-scale soak clean stack-install browser-install
 
 install: $(STAMP)
 
@@ -43,6 +43,11 @@ format: install
 
 bench: install
 	$(PY) -m bench
+
+# The approximate index at 10M x 512-d (bench/ann_scale.py, README "Approximate index"): about
+# 21 GB of disk under /var/tmp (deleted at the end), 24 GB of RAM is plenty; 30-60 min on 2 cores.
+bench-scale: install
+	$(PY) -m bench.ann_scale
 
 soak: install
 	$(PY) -m pytest -q -m soak tests/reliability
