@@ -120,6 +120,8 @@ def test_search_finds_the_replacement_photo_and_not_the_old_or_the_deleted(synce
     assert len(hits) == 19  # every live product, once (k above the live count)
     assert all(h["score"] < 0.9999 for h in hits if h["id"] == 5), "the old photo is still live"
     assert not {3, 7, 9} & {h["id"] for h in hits}
+    # The old photo finds the variants of the same original (0 shows 12's photo, 12, 19), not 5.
+    assert 5 not in [h["id"] for h in hits[:3]] and hits[0]["score"] > 0.99
     for gone in ("7", "9", "3"):
         code, _, err = _run("search", "--store", store, "--id", gone, "--kind", "color")
         assert code == EXIT_CONFIG and "is not in the color index" in err
