@@ -75,6 +75,7 @@ class FailureJournal:
         #: id -> names of the chunks holding a record of it; read on the first forget() that
         #: needs it (about 150 bytes a chunked record), kept up to date from then on.
         self._where: dict[ProductId, set[str]] | None = None
+        self._members: dict[str, set[ProductId]] = {}  # the same index by chunk name
         #: Chunks whose records a forget() changed: rewritten under fresh names at roll().
         self._rewrites: dict[str, list[FailureRecord]] = {}
 
@@ -120,9 +121,11 @@ class FailureJournal:
                     kept = _without(self._chunk(ref), wanted)
                     self._rewrites[ref.name] = kept
                     ref.count = len(kept)
+                    still = {record.id for record in kept}
                     for pid in wanted:
-                        if not any(r.id == pid for r in kept):
+                        if pid not in still:
                             where.get(pid, set()).discard(ref.name)
+                            self._members.get(ref.name, set()).discard(pid)
         self.log.total = sum(ref.count for ref in self.log.chunks) + len(self.log.recent)
         return before - self.log.total
 
@@ -147,7 +150,7 @@ class FailureJournal:
             else:
                 kept.append(record.model_copy(update={"kinds": kinds}))
         self.log = FailureLog(total=len(kept), recent=kept)
-        self._where, self._rewrites = None, {}
+        self._where, self._members, self._rewrites = None, {}, {}
 
     def must_roll(self) -> bool:
         return bool(self._rewrites) or len(self.log.recent) >= self._rollup.failure_chunk
@@ -195,16 +198,20 @@ class FailureJournal:
             for ref in self.log.chunks:
                 for record in self._chunk(ref):
                     self._where.setdefault(record.id, set()).add(ref.name)
+                    self._members.setdefault(ref.name, set()).add(record.id)
         return self._where
 
     def _renamed(self, old: str, new: str | None) -> None:
         if self._where is None:
             return
-        for chunks in self._where.values():
-            if old in chunks:
-                chunks.discard(old)
-                if new is not None:
-                    chunks.add(new)
+        members = self._members.pop(old, set())
+        for pid in members:
+            chunks = self._where.get(pid, set())
+            chunks.discard(old)
+            if new is not None:
+                chunks.add(new)
+        if new is not None:
+            self._members[new] = members
 
     def _record(self, failure: FailureLike, kinds: list[str]) -> FailureRecord:
         return FailureRecord(
