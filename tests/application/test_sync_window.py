@@ -162,14 +162,17 @@ def test_a_row_changed_again_in_the_window_is_re_embedded_and_a_soft_delete_appl
     catalog, run = _catalog(tmp_path)
     catalog.put(3, "img/3-b", at(100))
     catalog.put(6, "img/6-b", at(120))
-    run.sync(130)
+    catalog.put(11, "img/11", at(125))  # a new row above the cursor: the append pass's
+    assert run.sync(130)["embedded"] == [3, 6]
+    run.build()
     catalog.put(3, "img/3-c", at(110))  # a later version, stamped by a late transaction
     catalog.put(6, "img/6", at(120), deleted=at(120))  # same stamp, now soft-deleted
     catalog.put(8, "img/8-b", at(140))
     again = run.sync(150)
-    assert again["embedded"] == [3, 8] and again["soft_deleted"] == 1
+    assert again["embedded"] == [3, 8] and again["soft_deleted"] == 1  # 11 is not redone
+    assert again["already_applied"] == 1
     live = run.live()
-    assert 6 not in live and np.allclose(live[3], _vector(3, "img/3-c")) and len(live) == 9
+    assert 6 not in live and np.allclose(live[3], _vector(3, "img/3-c")) and len(live) == 10
     assert run.sync(160)["embedded"] == []
 
 
