@@ -7,6 +7,11 @@ assignment (atomic under the GIL) makes every later request see the new one.
 Memory: at most two commits are loaded at once, the one served and the one loading. A load
 starts only after the commit retired by the previous swap has been freed (requests still using
 it finish first), so a third copy never builds up when commits come faster than loads.
+
+Churn (a build commits every batch): loads are coalesced. One load runs at a time and loads
+the store's newest commit when it starts, so the commits made meanwhile are skipped, not
+queued; and the next load starts no sooner than `min_interval_s` after the previous one ended, so
+a build committing every second costs one load per interval, not one per commit.
 """
 
 from __future__ import annotations
@@ -36,11 +41,16 @@ class LiveIndex:
         read_commit_seq: Callable[[], int | None],
         *,
         poll_s: float = 2.0,
+        min_interval_s: float = 0.0,
         on_load: Callable[[LoadedCommit, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._load = load
         self._read_commit_seq = read_commit_seq
         self.poll_s = poll_s
+        self.min_interval_s = min_interval_s
+        self._clock = clock
+        self._loaded_at: float | None = None
         self._on_load = on_load
         self._current: LoadedCommit | None = None
         self._retired: weakref.ref[LoadedCommit] | None = None
@@ -48,6 +58,8 @@ class LiveIndex:
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
         self.loads = 0
+        #: Commits newer than the served one that were never loaded (a later one was).
+        self.skipped = 0
 
     @property
     def current(self) -> LoadedCommit | None:
@@ -63,18 +75,26 @@ class LiveIndex:
             self._thread.join(timeout)
 
     def refresh(self) -> bool:
-        """Load the store's commit when it differs from the one served; True when it swapped."""
+        """Load the store's newest commit when it differs from the one served and the previous
+        load ended at least `min_interval_s` ago; True when it swapped."""
         seq = self._read_commit_seq()
         current = self._current
         if seq is None or (current is not None and current.commit_seq == seq):
             return False
+        if self._loaded_at is not None and self._clock() - self._loaded_at < self.min_interval_s:
+            return False  # coalesced: the next poll past the interval loads the newest one
         self._wait_for_retired()
         started = time.monotonic()
-        loaded = self._load()
+        try:
+            loaded = self._load()
+        finally:  # a failed load waits the interval too: a broken commit is not retried hot
+            self._loaded_at = self._clock()
         if current is not None and loaded.commit_seq == current.commit_seq:
             return False
         self._current = loaded  # the swap: one reference assignment
         self.loads += 1
+        if current is not None and loaded.commit_seq > current.commit_seq + 1:
+            self.skipped += loaded.commit_seq - current.commit_seq - 1
         self._retired = weakref.ref(current) if current is not None else None
         del current
         if self._on_load is not None:

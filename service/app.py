@@ -135,7 +135,13 @@ def create_app(
             seconds,
         )
 
-    index = live or LiveIndex(load, read_seq, poll_s=service.poll_s, on_load=loaded)
+    index = live or LiveIndex(
+        load,
+        read_seq,
+        poll_s=service.poll_s,
+        min_interval_s=service.min_reload_interval_s,
+        on_load=loaded,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -212,6 +218,7 @@ def create_app(
             "catalog": commit.catalog.available,
             "approximate": sorted(commit.approximate),
             "reload_error": index.last_error,
+            "reloads": {"loads": index.loads, "skipped": index.skipped},
         }
 
     @app.get("/brands")

@@ -22,6 +22,12 @@ class ServiceSettings(BaseSettings):
     poll_s: float = Field(
         2.0, gt=0, description="How often progress.json is read for a new commit."
     )
+    min_reload_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="Least seconds between the end of one reload and the start of the next: "
+        "a build committing every batch costs one load per interval, not one per commit.",
+    )
     max_k: int = Field(100, ge=1, le=10_000, description="Largest k a query may ask for.")
     max_upload_bytes: int = Field(
         10_000_000, gt=0, description="Largest image upload accepted (413 above it)."
