@@ -215,8 +215,13 @@ def test_loads_are_coalesced_by_the_interval_and_at_most_two_are_alive() -> None
         peak = max(peak, len(alive))
         return commit
 
-    live = LiveIndex(load, lambda: store_seq[0], poll_s=60, min_interval_s=5.0,
-                     clock=lambda: now[0])  # type: ignore[arg-type]  # fmt: skip
+    live = LiveIndex(
+        load,  # type: ignore[arg-type]
+        lambda: store_seq[0],
+        poll_s=60,
+        min_interval_s=5.0,
+        clock=lambda: now[0],
+    )
     served = []
     for _ in range(40):  # 40 polls 1 s apart, a commit before each
         store_seq[0] += 1
