@@ -37,6 +37,11 @@ Reported per core count (JSON lines, one per count, then a summary object):
                  run with no forward at all: the mean of one round before and one after the
                  container rounds, so that a shared machine's drifting load favours neither)
   of_limit       images_per_s / limit (goal >= 0.9)
+  cpu_ms_per_image, prep_one_core_cpu_ms_per_image   CPU per image of the container (this
+                 process and its preparation processes) and of preparation alone: what the
+                 processes cost, whatever the machine's load
+  cores_used     the CPU the round got (container + image server) / its wall time: a round
+                 that other jobs starved of its cores shows it here
 """
 
 from __future__ import annotations
@@ -281,6 +286,14 @@ def measure(
                     "cpu_ms_per_image": round(done.cpu_ms, 2),
                     "prep_one_core_cpu_ms_per_image": round(prep_cpu_ms, 2),
                     "server_cpu_ms_per_image": round(done.server_cpu_ms, 2),
+                    # Cores the round got (container + image server CPU / wall time): below
+                    # `cores` when other jobs held them. On a shared machine whose scheduler
+                    # shares CPU per session (autogroup), a starved round shows up here.
+                    "cores_used": round(done.rate * (done.cpu_ms + done.server_cpu_ms) / 1000, 2),
+                    "prep_one_core_cores_used": [
+                        round(r.rate * (r.cpu_ms + r.server_cpu_ms) / 1000, 2)
+                        for r in (before, after)
+                    ],
                     "limit": round(limit, 1),
                     "bound_by": "gpu" if gpu_rate(sim) <= cores * prep_one else "cpu",
                     "of_limit": round(rate / limit, 3),
