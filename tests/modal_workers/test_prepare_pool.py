@@ -91,7 +91,12 @@ def test_the_clip_crop_prepares_in_the_pool_too(
     with PreparePool.for_embedder(clip_embedder, 2, threads_per_process=2) as clip_pool:
         assert clip_pool.serves(clip_embedder)
         pooled = embed_refs(refs, ["combined"], clip_embedder, local_limits, pool=clip_pool)
+        pids, ring = clip_pool.pids(), Path("/dev/shm") / clip_pool.shm.name.lstrip("/")
+        assert ring.exists() and all(pid and Path(f"/proc/{pid}").exists() for pid in pids)
     assert_same(pooled, embed_refs(refs, ["combined"], clip_embedder, local_limits))
+    # Closed: the processes are gone (reaped) and the shared memory is unlinked.
+    assert not ring.exists() and not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not clip_pool.serves(clip_embedder)  # a closed pool is never used again
 
 
 def test_a_pool_made_for_another_crop_is_not_used(
