@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -154,6 +155,7 @@ def measure(mode: str, template: Path, work: Path) -> dict[str, Any]:
     store = work / f"{mode}-store"
     shutil.rmtree(store, ignore_errors=True)
     shutil.copytree(template, store)
+    os.sync()  # the copy's dirty pages must not land in the measured run's fsyncs
     out = work / f"{mode}-out"
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "bench.compact", "--child", mode, str(store), str(out)]
