@@ -389,3 +389,25 @@ def test_a_mapped_shard_is_verified_first(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(StateError, match="sealed shard"):
         map_index(store, KIND)  # not mapped: load_index's path names what is wrong
+
+
+def test_a_remote_store_is_served_from_the_cache_folder(tmp_path: Path) -> None:
+    """A store without local files (MemoryStore stands for Supabase): each sealed shard is
+    downloaded once into the cache folder (its sha256 as the name) and read from there."""
+    store = MemoryStore()
+    build(store, 1, 3000)
+    build(store, 3001, 200)
+    cache = tmp_path / "cache"
+    mapped = map_index(store, KIND, cache_dir=cache)
+    assert isinstance(mapped.vectors, MappedVectors)
+    assert mapped.vectors.disk_bytes == 6 * 500 * DIM * 4
+    progress = read_progress(store)
+    assert progress is not None
+    sealed = [r for r in shard_records(store, progress, KIND) if r.sealed]
+    assert {f"{r.sha256}.bin" for r in sealed} <= {p.name for p in cache.iterdir()}
+    loaded = load_index(store, KIND)
+    rows = np.arange(0, 3200, 37)
+    np.testing.assert_array_equal(mapped.vectors[rows], loaded.vectors[rows])
+    without = map_index(store, KIND)  # no cache folder: read into memory, as load_index does
+    assert isinstance(without.vectors, MappedVectors) and without.vectors.disk_bytes == 0
+    np.testing.assert_array_equal(without.vectors[rows], loaded.vectors[rows])
