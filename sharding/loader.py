@@ -60,6 +60,12 @@ class FileBlock:
     def __len__(self) -> int:
         return self.n
 
+    def __del__(self) -> None:  # a replaced commit's blocks give their descriptors back
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     @property
     def nbytes(self) -> int:
         return self.n * self.row_bytes

@@ -411,3 +411,17 @@ def test_a_remote_store_is_served_from_the_cache_folder(tmp_path: Path) -> None:
     without = map_index(store, KIND)  # no cache folder: read into memory, as load_index does
     assert isinstance(without.vectors, MappedVectors) and without.vectors.disk_bytes == 0
     np.testing.assert_array_equal(without.vectors[rows], loaded.vectors[rows])
+
+
+def test_descriptors_are_given_back_with_the_index(tmp_path: Path) -> None:
+    import gc
+    import os
+
+    store = _local_store(tmp_path)
+    opened = len(os.listdir("/proc/self/fd"))
+    mapped = map_index(store, KIND)
+    mapped.vectors[np.arange(0, 2000, 7)]  # live rows of every sealed shard: 6 files open
+    assert len(os.listdir("/proc/self/fd")) == opened + 6
+    del mapped
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == opened
