@@ -251,7 +251,6 @@ class Task:
     number: int
     refs: list[ImageRef]
     slot: int
-    worker: Worker | None = None
     future: Future[list[Outcome] | str] = dataclasses.field(default_factory=Future)
 
 
@@ -496,7 +495,6 @@ class PreparePool:
                 raise PreparePoolBroken(self._broken)
             task = Task(number=next(self._numbers), refs=refs, slot=slot)
             worker = min(self.workers, key=lambda w: sum(len(t.refs) for t in w.tasks.values()))
-            task.worker = worker
             worker.tasks[task.number] = task
             # A process that died meanwhile: its sentinel answers this chunk as lost.
             with contextlib.suppress(OSError, ValueError):
