@@ -22,8 +22,10 @@ from sharding import (
     read_progress,
 )
 from sharding.ann import AnnConfig, update_ann
+from sharding.codec import ProductId
 from sharding.compact import compact
-from sharding.storage import CountingStorage, CrashingStorage
+from sharding.storage import CountingStorage, CrashingStorage, Storage
+from sharding.supabase_store import SupabaseStore
 from tests.sharding.builds import SMALL, Catalog, run_build, unit_vector
 
 ROLLUP = RollupLimits(segment_shards=2, failure_chunk=3, tombstone_chunk=4)
@@ -45,6 +47,11 @@ def make_dirty(path: Path) -> LocalStore:
     """42 products in 10-vector shards (segments, an open shard), then 12 deleted and 4 replaced
     (their old slots dead): 16 dead of 46 slots, 35 %."""
     store = LocalStore(path)
+    dirty_into(store)
+    return store
+
+
+def dirty_into(store: Storage) -> None:
     run_build(store, rollup=ROLLUP)
     writer = IndexWriter.open(store, SMALL, run_id="sync", rollup=ROLLUP)
     writer.delete(DELETED)
@@ -52,11 +59,12 @@ def make_dirty(path: Path) -> LocalStore:
         k: np.stack([unit_vector(i, d, salt=1) for i in REPLACED]) for k, d in SMALL.dims.items()
     }
     writer.add_batch(
-        EmbeddedBatch(REPLACED, brands_of(REPLACED), vectors, last_id=max(REPLACED), changed=True)
+        EmbeddedBatch(
+            list[ProductId](REPLACED), brands_of(REPLACED), vectors, last_id=40, changed=True
+        )
     )
     writer.commit()
     writer.finish()
-    return store
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,7 @@ def copy_of(template: Path, path: Path) -> LocalStore:
     return LocalStore(path)
 
 
-def snapshot(store: LocalStore) -> dict[str, tuple[list[object], np.ndarray]]:
+def snapshot(store: Storage) -> dict[str, tuple[list[ProductId], np.ndarray]]:
     progress = read_progress(store)
     assert progress is not None
     out = {}
@@ -249,3 +257,22 @@ def test_a_crash_at_every_write_resumes_to_the_same_store(
         assert checked.ok and not checked.problems, (
             f"crash at {n} ({when}):\n{checked.to_markdown()}"
         )
+
+
+def test_a_supabase_store_is_compacted_the_same_way(supabase_store: SupabaseStore) -> None:
+    """Over the official client and the repository's Storage test server: the same live rows,
+    check clean, nothing of the retired compaction left in the bucket."""
+    dirty_into(supabase_store)
+    before = snapshot(supabase_store)
+    report = compact(supabase_store, run_id="c", brands_of=brands_of, rollup=ROLLUP)
+    assert sorted(report.compacted) == ["color", "combined"]
+    after = snapshot(supabase_store)
+    for kind, (ids, vectors) in before.items():
+        assert after[kind][0] == ids == live_ids()
+        np.testing.assert_array_equal(after[kind][1], vectors)
+    old = [
+        n for n in supabase_store.list() if (p := names.parse(n)) and p.kind and not p.compaction
+    ]
+    assert not old
+    checked = check_store(supabase_store)
+    assert checked.ok and not checked.problems, checked.to_markdown()
