@@ -271,7 +271,9 @@ def test_a_supabase_store_is_compacted_the_same_way(supabase_store: SupabaseStor
         assert after[kind][0] == ids == live_ids()
         np.testing.assert_array_equal(after[kind][1], vectors)
     old = [
-        n for n in supabase_store.list() if (p := names.parse(n)) and p.kind and not p.compaction
+        n
+        for n in supabase_store.list()
+        if (p := names.parse(n)) and p.kind and p.number and not p.compaction
     ]
     assert not old
     checked = check_store(supabase_store)
