@@ -19,7 +19,9 @@ embedder. Then, interleaved query by query (top 10): POST /search {"id"} vs
 LoadedCommit.search(stored_vector(id)); POST /search/image (a 640x480 JPEG) vs decode + embed
 + search; POST /search {"text"} vs embed_text + search. Each through the approximate index
 (when one serves) and exact (`exact: true`, the flat scan). p50/p99 of each and the p50
-ratios. Then requests/s by id with 8 concurrent clients (each its own connection), with and
+ratios. Where the approximate index serves, load_commit leaves the sealed shards' vectors on
+disk (sharding.loader.map_index), so `exact` there streams them from the store's files; with
+--no-ann every vector is in memory and `exact` is the in-memory flat scan. Then requests/s by id with 8 concurrent clients (each its own connection), with and
 without a brand filter, for each mode. Last, a build commits 10,000 more vectors: seconds
 from that commit to /health naming it, and the server's peak RSS across the swap (VmHWM reset
 through /proc/PID/clear_refs just before) vs its resident set while serving before it.
