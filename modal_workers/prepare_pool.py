@@ -72,24 +72,69 @@ class PreparePoolBroken(RuntimeError):
 
 @dataclass(frozen=True)
 class CropPreparer:
-    """SquareCropEmbedder.prepare as plain data, so that a worker process can run it."""
+    """An embedder's per-image preparation as plain data, so that a worker process can run it.
+
+    resize_to None: SquareCropEmbedder.prepare (shortest edge to decode_edge, centre crop);
+    (height, width): the whole image resized to that size, as ClipEmbedder prepares SigLIP.
+    """
 
     decode_edge: int
     crop: tuple[int, int]
     resample: int
+    resize_to: tuple[int, int] | None = None
 
     def prepare(self, image: Image.Image, views: Sequence[str]) -> dict[str, np.ndarray]:
-        return make_views(square_crop(image, self.decode_edge, self.crop, self.resample), views)
+        if self.resize_to is None:
+            rgb = square_crop(image, self.decode_edge, self.crop, self.resample)
+        else:
+            height, width = self.resize_to
+            resized = image.convert("RGB").resize((width, height), resample=self.resample)
+            rgb = np.ascontiguousarray(np.asarray(resized))
+        return make_views(rgb, views)
+
+
+def probe_image() -> Image.Image:
+    """A fixed, non-square picture with edges and colour, to compare two preparations on."""
+    rows, cols = np.mgrid[0:237, 0:311]
+    rgb = np.stack([(rows * 3) % 256, (cols * 5) % 256, ((rows + cols) * 7) % 256], axis=-1)
+    rgb[60:120, 80:200] = (250, 30, 30)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+_VERIFIED: weakref.WeakKeyDictionary[Any, CropPreparer | None] = weakref.WeakKeyDictionary()
 
 
 def preparer_of(embedder: object) -> CropPreparer | None:
-    """The embedder's preparation as a CropPreparer, or None where it prepares its own way."""
+    """The embedder's preparation as a CropPreparer, or None where it prepares another way.
+
+    A CropPreparer is only trusted once it gives the very bytes the embedder's own `prepare`
+    gives on a probe image (both views): an embedder whose prepare changes falls back to
+    in-process preparation instead of receiving other crops.
+    """
     if not isinstance(embedder, SquareCropEmbedder):
         return None
-    if type(embedder).prepare is not SquareCropEmbedder.prepare:
-        return None
-    crop = (int(embedder.crop[0]), int(embedder.crop[1]))
-    return CropPreparer(int(embedder.decode_edge), crop, int(embedder.resample))
+    try:
+        return _VERIFIED[embedder]
+    except (KeyError, TypeError):
+        pass
+    resize_to = getattr(embedder, "resize_to", None)
+    candidate = CropPreparer(
+        int(embedder.decode_edge),
+        (int(embedder.crop[0]), int(embedder.crop[1])),
+        int(embedder.resample),
+        None if resize_to is None else (int(resize_to[0]), int(resize_to[1])),
+    )
+    image = probe_image()
+    try:
+        theirs = embedder.prepare(image, VIEWS)
+        ours = candidate.prepare(image, VIEWS)
+        same = all(np.array_equal(theirs[view], ours[view]) for view in VIEWS)
+    except Exception:  # an embedder that cannot prepare the probe prepares in-process
+        same = False
+    verified = candidate if same else None
+    with contextlib.suppress(TypeError):
+        _VERIFIED[embedder] = verified
+    return verified
 
 
 # ---------------------------------------------------------------------------------------------

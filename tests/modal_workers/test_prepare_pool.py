@@ -160,3 +160,27 @@ def test_processes_follow_the_usable_cores(tmp_path: Path) -> None:
     assert preparation_processes(reserved=1.9) == 0
     assert preparation_processes(reserved=2.0) in (0, 2)  # 0 where fewer cores are usable
     assert preparation_processes(reserved=1.0, asked=3) == 3
+
+
+def test_siglip_resizing_prepares_in_the_pool_and_a_changed_prepare_stays_in_process(
+    tmp_path: Path, image_server: ImageServer, local_limits: FetchLimits
+) -> None:
+    from modal_workers.embedders import load_embedder
+    from modal_workers.histogram import HistogramEmbedder
+    from tests.modal_workers.test_siglip import EDGE, build_tiny_siglip
+
+    siglip = load_embedder("clip", str(build_tiny_siglip(tmp_path / "siglip")), device="cpu")
+    preparer = preparer_of(siglip)
+    assert preparer is not None and preparer.resize_to == (EDGE, EDGE)
+    refs = mixed_refs(image_server, 5)
+    with PreparePool.for_embedder(siglip, 2, threads_per_process=2) as siglip_pool:
+        pooled = embed_refs(refs, ["color"], siglip, local_limits, pool=siglip_pool)
+    assert_same(pooled, embed_refs(refs, ["color"], siglip, local_limits))
+
+    class Mirrored(HistogramEmbedder):  # a prepare the pool does not know
+        def prepare(self, image, views):  # type: ignore[no-untyped-def]
+            return super().prepare(image.transpose(0), views)
+
+    mirrored = Mirrored()
+    assert preparer_of(mirrored) is None
+    assert PreparePool.for_embedder(mirrored, 2) is None
