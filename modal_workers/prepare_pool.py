@@ -17,7 +17,9 @@ the slot, or the failure's reason and message). The embedding process copies the
 forward batch (a plain copy that releases the GIL) and frees the slot. Memory is bounded by the
 ring, and a call holds at most slots // callers chunks, so the next chunks download and decode
 while its forward runs. Chunks are consumed in input order, so ids and failures keep the order
-of the in-process path and the vectors are the same (the same code prepares them).
+of the in-process path and the vectors are the same: the processes run the embedder's
+preparation as a CropPreparer (crop size, resampling, SigLIP's resize), trusted only once it
+gives the embedder's own bytes on a probe image; any other embedder prepares in-process.
 
 A worker that dies (OOM kill, a decoder crash) does not hang its callers: the pool watches each
 process's sentinel, every product of the chunks it held comes back as a `worker_lost` failure
