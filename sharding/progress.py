@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
