@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import quiet_prefect, timer
-from bench.flow_ceiling import DIM, kind_vectors, run_flow, write_catalog
+from bench.flow_ceiling import DIM, kind_vectors, run_flow, without_ann, write_catalog
 from modal_workers.types import KINDS
 
 CALLS_PER_CONTAINER = 6
@@ -108,6 +108,7 @@ def measure(
     fleet: Sequence[int], container_rate: float, batch_size: int, calls: int
 ) -> dict[str, Any]:
     quiet_prefect()
+    without_ann()  # update-ann past 100,000 vectors is a one-off step after the commits
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         root = Path(tmp)
