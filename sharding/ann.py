@@ -95,7 +95,9 @@ class AnnConfig:
     max_train: int = 200_000
     recall_queries: int = 200
     first_nprobe: int = 8
-    rerank: int = 10  # IVFPQ: candidates scored exactly per result asked
+    #: IVFPQ: candidates scored exactly per result asked, tried in turn at each nprobe (the
+    #: denser the data, the more PQ's order needs: 10 held at 1M, not at 10M)
+    rerank_steps: tuple[int, ...] = (10, 25, 60)
     drift_growth: float = 2.0  # retrain once the live count reached this multiple of trained_on
     drift_distance: float = 1.5  # ... or new vectors sit this much farther from their centroid
     seed: int = 1234
@@ -505,14 +507,15 @@ def _measure(
     codes costs minutes, and the first steps usually suffice."""
     args = (storage, kind, dim, shards, mask, index, state, config)
     if fixed_nprobe:
-        return _measure_at(*args, [fixed_nprobe])
+        return _measure_at(*args, [fixed_nprobe], (state.rerank,))
     ladder = [min(state.nlist, config.first_nprobe)]
     while ladder[-1] < state.nlist:
         ladder.append(min(state.nlist, ladder[-1] * 2))
-    first = _measure_at(*args, ladder[:2])
+    reranks = config.rerank_steps if state.pq_m else (1,)
+    first = _measure_at(*args, ladder[:2], reranks)
     if first.serving or len(ladder) <= 2:
         return first
-    return _measure_at(*args, ladder[2:])
+    return _measure_at(*args, ladder[2:], reranks)
 
 
 def _measure_at(
@@ -525,8 +528,11 @@ def _measure_at(
     state: AnnState,
     config: AnnConfig,
     nprobes: list[int],
+    reranks: tuple[int, ...],
 ) -> AnnState:
-    """recall@10 at each of `nprobes` in turn, up to the first that reaches the minimum.
+    """recall@10 at each of `nprobes` in turn, and at each there each re-rank depth of
+    `reranks` (the top rerank x k of one search by PQ score), up to the first pair that reaches
+    the minimum.
 
     One shard in memory at a time: the queries are gathered first, the lists searched at every
     nprobe that may be tried, then one pass over the shards computes the exact top-10 and the
@@ -543,7 +549,7 @@ def _measure_at(
     dead = np.flatnonzero(~mask[:end]).astype(np.int64)
     batch = faiss.IDSelectorBatch(dead) if len(dead) else None
     selector = faiss.IDSelectorNot(batch) if batch is not None else None
-    want = k * (config.rerank if state.pq_m else 1)
+    want = k * max(reranks)
     candidates = {}
     for nprobe in nprobes:
         params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
@@ -573,15 +579,22 @@ def _measure_at(
             hit[hit] &= slots[rows[hit]] == found[hit]
             q, c = np.nonzero(hit)
             exact[nprobe][q, c] = np.einsum("ij,ij->i", queries[q], vectors[rows[q, c]])
+    recall, chosen = 0.0, (nprobes[0], reranks[0])
     for nprobe in nprobes:
-        order = np.argsort(-exact[nprobe], axis=1, kind="stable")[:, :k]
-        found = np.take_along_axis(candidates[nprobe], order, 1)
-        found = np.where(np.take_along_axis(exact[nprobe], order, 1) > -np.inf, found, -1)
-        recall = recall_at(best_i, found)
+        for rerank in reranks:
+            scored = exact[nprobe][:, : k * rerank]
+            order = np.argsort(-scored, axis=1, kind="stable")[:, :k]
+            found = np.take_along_axis(candidates[nprobe][:, : k * rerank], order, 1)
+            found = np.where(np.take_along_axis(scored, order, 1) > -np.inf, found, -1)
+            recall, chosen = recall_at(best_i, found), (nprobe, rerank)
+            if recall >= config.min_recall:
+                break
         if recall >= config.min_recall:
             break
+    nprobe = chosen[0]
     return state.model_copy(
         update={
+            "rerank": chosen[1] if state.pq_m else state.rerank,
             "nprobe": nprobe,
             "recall_at_10": round(recall, 4),
             "recall_queries": len(queries),
@@ -772,7 +785,7 @@ class LoadedAnn:
         def vectors_of(wanted: np.ndarray) -> np.ndarray:
             return vectors[np.searchsorted(slots, wanted)]
 
-        rerank = 10 if self.state.pq_m else 1
+        rerank = self.state.rerank if self.state.pq_m else 1
         scores, found = search_lists(
             self.index,
             queries,

@@ -222,13 +222,18 @@ class AnnState(_Model):
     recall_at_10: float | None = None  # measured at the last commit that changed the lists
     recall_queries: int = 0
     serving: bool = False  # recall_at_10 >= the build's minimum: search uses it
+    # IVFPQ: candidates re-ranked exactly per result asked, tuned with nprobe (left out at 10).
+    rerank: int = 10
 
     @model_serializer(mode="wrap")
     def _leave_out_no_segments(self, handler: Any) -> Any:
         # Left out while empty: stores whose lists never rolled read as before segments existed.
         data = handler(self)
-        if not self.segments and isinstance(data, dict):
-            data.pop("segments", None)
+        if isinstance(data, dict):
+            if not self.segments:
+                data.pop("segments", None)
+            if self.rerank == 10:
+                data.pop("rerank", None)
         return data
 
 

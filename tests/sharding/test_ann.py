@@ -425,3 +425,19 @@ def test_descriptors_are_given_back_with_the_index(tmp_path: Path) -> None:
     del mapped
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) == opened
+
+
+def test_the_re_rank_depth_is_tuned_with_nprobe() -> None:
+    """Coarse PQ codes (2 bytes at 32-d): the PQ order alone misses neighbours at every nprobe;
+    re-ranking 10 x k candidates exactly reaches the minimum, and that depth is committed."""
+    base = {"min_vectors": 1000, "pq_min_vectors": 2000, "pq_m": 2, "max_nlist": 16}
+    base |= {"first_nprobe": 16, "min_recall": 0.99}
+    shallow_store, deep_store = MemoryStore(), MemoryStore()
+    for store in (shallow_store, deep_store):
+        build(store, 1, 3000)
+    shallow = update_ann(shallow_store, KIND, AnnConfig(**base, rerank_steps=(1,)), run_id="a")
+    assert shallow.failed and shallow.state is not None and shallow.state.rerank == 1
+    deep = update_ann(deep_store, KIND, AnnConfig(**base, rerank_steps=(1, 2, 10)), run_id="a")
+    state = deep.state
+    assert state is not None and state.serving and (state.nprobe, state.rerank) == (16, 10)
+    assert _problems(deep_store) == []  # check re-measures at the committed nprobe and depth
