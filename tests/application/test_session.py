@@ -119,9 +119,9 @@ def test_a_call_that_raised_is_sent_again_alone_when_collected_again() -> None:
     assert sorted(backend.answered) == list(range(1, 17))  # 9-12 once: only the lost call again
 
 
-def test_chunks_held_cover_the_window_and_at_least_two() -> None:
+def test_chunks_held_cover_the_window_and_at_least_three() -> None:
     backend = StandInRemote({})
-    assert _session(backend, max_in_flight=20, batch=256, commit=5120).chunks_held == 2
+    assert _session(backend, max_in_flight=20, batch=256, commit=5120).chunks_held == 3
     # Small commits: enough chunks queued to keep 20 calls running while one is written.
     assert _session(backend, max_in_flight=20, batch=256, commit=512).chunks_held == 11
-    assert _session(backend, max_in_flight=2, batch=256, commit=65536).chunks_held == 2
+    assert _session(backend, max_in_flight=2, batch=256, commit=65536).chunks_held == 3

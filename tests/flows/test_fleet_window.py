@@ -1,5 +1,5 @@
 """build-index against a simulated Modal fleet: enough calls in flight across chunk boundaries,
-at most two chunks held, lost calls accounted for.
+at most three chunks held, lost calls accounted for.
 
 The real flow and the real ModalEmbedClient drive FakeDeployment (the deployed class's call
 shape, in-process), registered as a backend with application.backends.register_backend.
@@ -86,7 +86,7 @@ def test_the_flow_keeps_the_whole_fleet_busy_and_writes_in_catalog_order(
     assert summary["products"] == PRODUCTS and summary["failed"] == 0
 
 
-def test_the_next_chunk_runs_while_the_previous_is_written_and_two_at_most_are_held(
+def test_the_next_chunk_runs_while_the_previous_is_written_and_three_at_most_are_held(
     prefect_api: object, url_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("FAISS_BUILDER_MAX_IN_FLIGHT", raising=False)
@@ -105,8 +105,8 @@ def test_the_next_chunk_runs_while_the_previous_is_written_and_two_at_most_are_h
     summary = _build(store, url_catalog, _register("fake-chunks", deployment), commit_size=commit)
     assert (summary["commits"], summary["batches"]) == (PRODUCTS // commit, PRODUCTS // BATCH)
     assert deployment.most_running == 4
-    # Memory: products sent but not committed never pass two chunks.
-    assert max(last - cursor for _, last, cursor in started) <= 2 * commit
+    # Memory: products sent but not committed never pass three chunks.
+    assert max(last - cursor for _, last, cursor in started) <= 3 * commit
     # The fleet is kept busy: calls of a chunk ran while the chunk before it was not committed.
     assert any(first > cursor + commit for first, _, cursor in started)
     assert _ids(store) == {kind: list(range(1, PRODUCTS + 1)) for kind in KINDS}
