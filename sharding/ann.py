@@ -13,7 +13,7 @@ Layout (docs/store-format.md, section 3 "ann"), per kind and generation G:
 ``update_ann`` trains a generation when a kind first has more than ``AnnConfig.min_vectors``
 live vectors, then adds a list object for each newly sealed shard, and trains a new generation
 (swapped in by one progress.json) when the data drifted. It measures recall@10 against exact
-search on a sample of stored live vectors, tunes nprobe up (doubling, up to nlist) to reach
+search on a sample of stored live vectors (each leaving itself out), tunes nprobe up (doubling, up to nlist) to reach
 ``min_recall``, and commits ``Progress.ann[kind]`` with ``serving`` telling whether it did.
 Slots after the last added shard (the open shard) are not in the lists: ``search`` scans them
 exactly and merges. Dead slots and brand filters are IDSelectors over slot numbers.
@@ -544,12 +544,18 @@ def _measure_at(
     rng = np.random.default_rng(config.seed)
     picked = np.sort(rng.choice(n, min(config.recall_queries, n), replace=False))
     queries = np.ascontiguousarray(_gather(storage, kind, dim, shards, live_rows, picked))
-    k = min(K, n)
+    # Each query is a stored vector: its own slot is its nearest neighbour, found trivially by
+    # both searches. It is dropped from both (leave-one-out: k + 1 searched, self removed), so
+    # the figure predicts queries that are not in the index (docs/store-format.md, "ann").
+    own = np.concatenate(live_rows)[picked]
+    k = min(K, n - 1)
+    if k <= 0:
+        return state.model_copy(update={"recall_at_10": None, "recall_queries": 0})
     end = sum(s.record.vectors for s in shards)
     dead = np.flatnonzero(~mask[:end]).astype(np.int64)
     batch = faiss.IDSelectorBatch(dead) if len(dead) else None
     selector = faiss.IDSelectorNot(batch) if batch is not None else None
-    want = k * max(reranks)
+    want = k * max(reranks) + 1
     candidates = {}
     for nprobe in nprobes:
         params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
@@ -566,10 +572,12 @@ def _measure_at(
             continue
         vectors = load_shard(storage, shard.record, dim).vectors[slots - shard.start]
         scores, found = faiss.knn(
-            queries, vectors, min(k, len(slots)), metric=faiss.METRIC_INNER_PRODUCT
+            queries, vectors, min(k + 1, len(slots)), metric=faiss.METRIC_INNER_PRODUCT
         )
+        found = np.where(found >= 0, slots[np.maximum(found, 0)], -1)
+        scores = np.where((found >= 0) & (found != own[:, None]), scores, -np.inf)
         merged_s = np.concatenate([best_s, scores], axis=1)
-        merged_i = np.concatenate([best_i, np.where(found >= 0, slots[found], -1)], axis=1)
+        merged_i = np.concatenate([best_i, np.where(scores > -np.inf, found, -1)], axis=1)
         order = np.argsort(-merged_s, axis=1, kind="stable")[:, :k]
         best_s = np.take_along_axis(merged_s, order, 1)
         best_i = np.take_along_axis(merged_i, order, 1)
@@ -581,10 +589,13 @@ def _measure_at(
             exact[nprobe][q, c] = np.einsum("ij,ij->i", queries[q], vectors[rows[q, c]])
     recall, chosen = 0.0, (nprobes[0], reranks[0])
     for nprobe in nprobes:
+        others = candidates[nprobe] != own[:, None]  # self dropped: k x rerank others re-ranked
+        rank = np.cumsum(others, axis=1)
         for rerank in reranks:
-            scored = exact[nprobe][:, : k * rerank]
+            keep = others & (rank <= k * rerank)
+            scored = np.where(keep, exact[nprobe], -np.inf)
             order = np.argsort(-scored, axis=1, kind="stable")[:, :k]
-            found = np.take_along_axis(candidates[nprobe][:, : k * rerank], order, 1)
+            found = np.take_along_axis(candidates[nprobe], order, 1)
             found = np.where(np.take_along_axis(scored, order, 1) > -np.inf, found, -1)
             recall, chosen = recall_at(best_i, found), (nprobe, rerank)
             if recall >= config.min_recall:

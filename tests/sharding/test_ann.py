@@ -441,3 +441,30 @@ def test_the_re_rank_depth_is_tuned_with_nprobe() -> None:
     state = deep.state
     assert state is not None and state.serving and (state.nprobe, state.rerank) == (16, 10)
     assert _problems(deep_store) == []  # check re-measures at the committed nprobe and depth
+
+
+def test_the_committed_recall_predicts_held_out_queries() -> None:
+    """Each sample query leaves its own slot out of the truth and of the results: a stored
+    vector finds itself trivially, which would overstate recall against held-out queries."""
+    import faiss
+
+    store = MemoryStore()
+    build(store, 1, 30_000)
+    config = AnnConfig(
+        min_vectors=1000, recall_queries=500, first_nprobe=1, max_nlist=128, min_recall=0.0
+    )
+    state = update_ann(store, KIND, config, run_id="ann").state
+    assert state is not None and state.nprobe == 1 and state.recall_at_10 is not None
+    index = load_index(store, KIND)
+    ann = load_ann(store, index.progress, KIND)
+    assert ann is not None
+    stored = np.asarray(index.vectors)
+
+    def recall(queries: np.ndarray) -> float:
+        _, truth = faiss.knn(queries, stored, 10, metric=faiss.METRIC_INNER_PRODUCT)
+        return recall_at(truth, ann.search(index.vectors, queries, 10)[1])
+
+    held_out = recall(clustered(1000, 500_000))  # the same distribution, not in the index
+    with_self = recall(stored[np.random.default_rng(5).choice(len(stored), 1000, replace=False)])
+    assert abs(state.recall_at_10 - held_out) <= 0.03, (state.recall_at_10, held_out)
+    assert with_self - held_out > 0.03  # what counting self gave: this test tells them apart
