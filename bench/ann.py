@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=2000)
     parser.add_argument("--max-nlist", type=int, default=1024)
     parser.add_argument("--type", choices=["pq", "flat"], default="pq")
+    parser.add_argument(
+        "--pq-m", type=int, default=None, help="PQ sub-quantizers (default: from the codes budget)"
+    )
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
     if args.quick:
@@ -98,6 +101,7 @@ def main() -> None:
         min_vectors=0,
         max_nlist=args.max_nlist,
         pq_min_vectors=0 if args.type == "pq" else 1 << 62,
+        pq_m=args.pq_m,
     )
     with tempfile.TemporaryDirectory(prefix="bench-ann-") as folder:
         store = LocalStore(Path(folder))
@@ -147,6 +151,8 @@ def main() -> None:
         "type": state.type,
         "nlist": state.nlist,
         "nprobe": state.nprobe,
+        "pq_m": state.pq_m,
+        "rerank": state.rerank,
         "committed_recall_at_10": state.recall_at_10,
         "heldout_recall_at_10": round(recall, 4),
         "ann_p50_ms": ann_p50,

@@ -1,7 +1,7 @@
 """`make bench-scale`: the approximate index at 10M x 512-d, served within a memory budget.
 
     python -m bench.ann_scale [--vectors N] [--dim D] [--shard-vectors S] [--max-nlist L]
-                              [--store DIR] [--keep]
+                              [--pq-m M] [--store DIR] [--keep]
 
 The vectors are bench.ann's CLIP-like ones (the same generator: `--clusters` random unit
 centres, a Gaussian of norm ~0.7 in a shared 64-d subspace, isotropic noise of norm ~0.1,
@@ -9,7 +9,7 @@ normalised), generated 10,000 at a time and added through the real IndexWriter i
 store (`--shard-vectors` per shard, 10,000 by default: 20 MB objects): memory never holds more
 than one batch. Then, each step timed:
 
-1. build: `update_ann` trains the IVFPQ index (64 x 8-bit PQ, `--max-nlist` lists), adds one list
+1. build: `update_ann` trains the IVFPQ index (`--pq-m` x 8-bit PQ, `--max-nlist` lists), adds one list
    object per sealed shard and measures recall (the build's own figure);
 2. serve: a fresh process loads the store as the service does (application.searcher.load_commit:
    sealed shards' vectors left on disk and read per candidate, PQ codes in memory) and answers 200 held-out queries one at a
@@ -140,6 +140,9 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=2000)
     parser.add_argument("--shard-vectors", type=int, default=10_000)
     parser.add_argument("--max-nlist", type=int, default=2048)
+    parser.add_argument(
+        "--pq-m", type=int, default=None, help="PQ sub-quantizers (default: from the codes budget)"
+    )
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--store", type=Path, default=None, help="folder (default: a temp one)")
     parser.add_argument("--keep", action="store_true", help="keep the store at the end")
@@ -157,7 +160,9 @@ def main() -> None:
     config = BuildConfig(
         embedder="bench", model="clip-like", dims={KIND: dim}, shard_max_vectors=args.shard_vectors
     )
-    ann_config = AnnConfig(min_vectors=0, max_nlist=args.max_nlist, pq_min_vectors=0)
+    ann_config = AnnConfig(
+        min_vectors=0, max_nlist=args.max_nlist, pq_min_vectors=0, pq_m=args.pq_m
+    )
     log(f"store {folder}: writing {args.vectors:,} x {dim}-d in batches of {BATCH:,}")
     try:
         with timer() as t_write:
@@ -212,6 +217,7 @@ def main() -> None:
         "clusters": args.clusters,
         "shard_vectors": args.shard_vectors,
         "type": state.type,
+        "pq_m": state.pq_m,
         "nlist": state.nlist,
         "nprobe": state.nprobe,
         "committed_recall_at_10": state.recall_at_10,

@@ -87,9 +87,13 @@ class AnnConfig:
 
     min_vectors: int = 100_000  # build one above this many live vectors
     min_recall: float = 0.95  # serve only at or above this recall@10
-    #: IVFPQ (64-byte codes, re-ranked exactly) from this many live vectors; IVFFlat below.
+    #: IVFPQ (PQ codes, re-ranked exactly) from this many live vectors; IVFFlat below.
     pq_min_vectors: int = 500_000
-    pq_m: int = 64
+    #: PQ sub-quantizers (bytes per code); None: chosen by choose_pq_m from pq_codes_budget.
+    pq_m: int | None = None
+    #: None above: the largest m of PQ_CHOICES dividing dim whose codes (live x m bytes) fit in
+    #: this many bytes (128 bytes up to 11.7M vectors: finer codes, fewer re-rank reads)
+    pq_codes_budget: int = 1_500_000_000
     max_nlist: int = 4096
     train_per_list: int = 40  # training sample: this many vectors per list (faiss asks >= 39)
     max_train: int = 200_000
@@ -149,12 +153,27 @@ def choose_nlist(n: int, max_nlist: int, per_list: int) -> int:
     return max(1, min(max_nlist, int(4 * math.sqrt(n)), n // per_list))
 
 
+#: The PQ code sizes choose_pq_m picks from, finest first.
+PQ_CHOICES = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def choose_pq_m(dim: int, live: int, config: AnnConfig) -> int:
+    """config.pq_m when it divides dim (0 when it does not: IVFFlat), else the largest of
+    PQ_CHOICES dividing dim whose codes for `live` vectors fit in config.pq_codes_budget (the
+    smallest dividing one when none fits)."""
+    if config.pq_m is not None:
+        return config.pq_m if config.pq_m > 0 and dim % config.pq_m == 0 else 0
+    dividing = [m for m in PQ_CHOICES if dim % m == 0 and m <= dim]
+    fitting = [m for m in dividing if live * m <= config.pq_codes_budget]
+    return fitting[0] if fitting else dividing[-1]
+
+
 def new_index(dim: int, nlist: int, pq_m: int) -> faiss.IndexIVF:
     quantizer = faiss.IndexFlatIP(dim)
     index: faiss.IndexIVF
     if pq_m:
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
-        index.pq.cp.niter = 10  # 64 k-means of 256 centroids: 25 rounds (the default) take 2.5x
+        index.pq.cp.niter = 10  # pq_m k-means of 256 centroids: 25 rounds (the default) take 2.5x
     else:
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.own_fields = True
@@ -459,7 +478,7 @@ def _train(
     """Train on a seeded sample of `rows` = (n live rows, dim, gather(row numbers) -> vectors):
     only the sample is held in memory."""
     n, dim, gather = rows
-    pq_m = config.pq_m if live >= config.pq_min_vectors and dim % config.pq_m == 0 else 0
+    pq_m = choose_pq_m(dim, live, config) if live >= config.pq_min_vectors else 0
     nlist = choose_nlist(n, config.max_nlist, config.train_per_list)
     # The trained object (nlist x dim floats, the PQ codebook: 256 x dim floats) must stay
     # under the object limit too: fewer lists when it would not.

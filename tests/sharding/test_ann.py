@@ -11,6 +11,7 @@ import pytest
 from sharding import BuildConfig, EmbeddedBatch, IndexWriter, InjectedCrash, MemoryStore, load_index
 from sharding.ann import (
     AnnConfig,
+    choose_pq_m,
     list_refs,
     load_ann,
     parse_ann_name,
@@ -468,3 +469,15 @@ def test_the_committed_recall_predicts_held_out_queries() -> None:
     with_self = recall(stored[np.random.default_rng(5).choice(len(stored), 1000, replace=False)])
     assert abs(state.recall_at_10 - held_out) <= 0.03, (state.recall_at_10, held_out)
     assert with_self - held_out > 0.03  # what counting self gave: this test tells them apart
+
+
+def test_the_pq_code_size_is_chosen_from_the_codes_budget() -> None:
+    """The finest code whose bytes fit the budget (10M x 128 B = 1.28 GB fits 1.5 GB, 20M does
+    not), dividing dim; an explicit pq_m that does not divide dim means IVFFlat."""
+    config = AnnConfig()
+    assert choose_pq_m(512, 10_000_000, config) == 128
+    assert choose_pq_m(512, 20_000_000, config) == 64
+    assert choose_pq_m(96, 1_000_000, config) == 32  # 128 and 64 do not divide 96
+    assert choose_pq_m(512, 10**12, config) == 1
+    assert choose_pq_m(512, 10, AnnConfig(pq_m=64)) == 64
+    assert choose_pq_m(100, 10, AnnConfig(pq_m=64)) == 0
