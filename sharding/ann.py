@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -295,19 +295,22 @@ def roll_segments(
 
 def read_lists(storage: Storage, state: AnnState) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Every committed list object of a state, each checked against its sha256."""
-    out = []
+    return list(iter_lists(storage, state))
+
+
+def iter_lists(storage: Storage, state: AnnState) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """read_lists one object at a time (loading holds one object's bytes beside the index)."""
     for ref in list_refs(storage, state):
         shard, slots, codes = decode_list(
             get_verified(storage, ref.name, _digests(ref.sha256)), ref.name
         )
         if shard != ref.shard or len(slots) != ref.vectors:
             raise StateError(f"{ref.name}: holds shard {shard}, {len(slots)} entries; {ref}")
-        out.append((shard, slots, codes))
-    return out
+        yield shard, slots, codes
 
 
 def assemble(
-    trained: faiss.IndexIVF, lists: Sequence[tuple[int, np.ndarray, np.ndarray]]
+    trained: faiss.IndexIVF, lists: Iterable[tuple[int, np.ndarray, np.ndarray]]
 ) -> faiss.IndexIVF:
     """The trained index with every list object's entries added (in memory)."""
     for _, slots, codes in lists:
@@ -849,7 +852,7 @@ def load_ann(storage: Storage, progress: Progress, kind: str) -> LoadedAnn | Non
     if state is None or not state.serving:
         return None
     kp = progress.kinds[kind]
-    index = assemble(_read_trained(storage, state), read_lists(storage, state))
+    index = assemble(_read_trained(storage, state), iter_lists(storage, state))
     covered = sum(
         r.vectors for r in shard_records(storage, progress, kind) if r.number <= state.shards
     )
