@@ -16,7 +16,8 @@ measures the HTTP path only. Unless --no-ann, `update_ann` then builds the appro
 The service (service.app over uvicorn, as `faiss-builder serve` runs it; poll 0.25 s) runs in
 a subprocess on 127.0.0.1; this process loads the same commit with load_commit and the same
 embedder. Then, interleaved query by query (top 10): POST /search {"id"} vs
-LoadedCommit.search(stored_vector(id)); POST /search/image (a 640x480 JPEG) vs decode + embed
+LoadedCommit.search(stored_vector(id)), with the threads the service gives a query
+(FAISS_BUILDER_SERVICE_SEARCH_THREADS, default 1); POST /search/image (a 640x480 JPEG) vs decode + embed
 + search; POST /search {"text"} vs embed_text + search. Each through the approximate index
 (when one serves) and exact (`exact: true`, the flat scan). p50/p99 of each and the p50
 ratios. Where the approximate index serves, load_commit leaves the sealed shards' vectors on
@@ -325,10 +326,14 @@ def measure_queries(
     from modal_workers.decode import decode_image
     from modal_workers.embedder import embed_text
     from modal_workers.embedders import load_embedder
+    from service.app import limit_query_threads
+    from service.settings import ServiceSettings
 
     with timer() as t_load:
         commit = load_commit(LocalStore(root), catalog=LocalCatalog(catalog))
     embedder = load_embedder("clip", str(model), device="cpu")
+    # The in-process side runs its queries with the threads the service gives each query.
+    limit_query_threads(ServiceSettings(**{}).search_threads)
     ids = np.random.default_rng(1).integers(1, args.vectors + 1, size=args.queries)
     uploads = photos(8)
     modes = ["approximate", "exact"] if "color" in commit.approximate else ["exact"]

@@ -178,6 +178,11 @@ def create_app(
         if not hmac.compare_digest(given.encode(), service.api_key.get_secret_value().encode()):
             raise ServiceError(401, "missing or wrong X-API-Key header")
 
+    def limit_threads() -> None:
+        """This worker thread's OpenMP (faiss) and torch threads: OpenMP keeps the count per
+        calling thread, so it is set where the query runs, not once at startup."""
+        limit_query_threads(service.search_threads)
+
     def check_k(k: int) -> None:
         if not 1 <= k <= service.max_k:
             raise ServiceError(400, f"k must be between 1 and {service.max_k}, not {k}")
@@ -238,6 +243,7 @@ def create_app(
             )
         check_k(body.k)
         kind = str(body.kind.value)
+        limit_threads()
         commit = serving()
         commit.index(kind)
         if body.id is not None:
@@ -298,6 +304,7 @@ def create_app(
         commit.index(kind)
 
         def run() -> dict[str, Any]:
+            limit_threads()
             vector = _upload_vector(embedders.get(commit), data, kind, service.max_upload_pixels)
             return answer(commit, kind, vector, k, brand, exact)
 
@@ -333,6 +340,19 @@ def create_app(
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")
+
+
+def limit_query_threads(count: int) -> None:
+    """OpenMP (faiss) and torch threads of the calling thread, as a query runs in the service."""
+    import sys
+
+    import faiss
+
+    if faiss.omp_get_max_threads() != count:
+        faiss.omp_set_num_threads(count)
+    torch = sys.modules.get("torch")  # loaded with a CLIP embedder, never imported here for it
+    if torch is not None and torch.get_num_threads() != count:
+        torch.set_num_threads(count)
 
 
 def _form_bool(value: str | None, name: str) -> bool:

@@ -28,6 +28,14 @@ class ServiceSettings(BaseSettings):
         description="Least seconds between the end of one reload and the start of the next: "
         "a build committing every batch costs one load per interval, not one per commit.",
     )
+    search_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Threads one query's search and model forward may use (OpenMP, torch). "
+        "Concurrent queries already run in parallel; more threads per query mostly leave idle "
+        "OpenMP threads spinning against the other requests.",
+    )
     max_k: int = Field(100, ge=1, le=10_000, description="Largest k a query may ask for.")
     max_upload_bytes: int = Field(
         10_000_000, gt=0, description="Largest image upload accepted (413 above it)."
