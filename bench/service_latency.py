@@ -212,10 +212,19 @@ class JsonClient:
         self._connection = http.client.HTTPConnection(host, parts.port, timeout=300)
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        import http.client
+
         data = json.dumps(body).encode()
-        self._connection.request("POST", path, data, {"content-type": "application/json"})
-        response = self._connection.getresponse()
-        return response.status, json.loads(response.read())
+        for attempt in (1, 2):  # the server closes a connection idle past its keep-alive (5 s)
+            try:
+                self._connection.request("POST", path, data, {"content-type": "application/json"})
+                response = self._connection.getresponse()
+                return response.status, json.loads(response.read())
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                self._connection.close()  # the next request opens a new connection
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._connection.close()
