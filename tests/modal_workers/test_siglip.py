@@ -159,3 +159,32 @@ def test_a_build_with_siglip_and_a_text_search_over_it(
     assert len(hits) == 3
     for hit in hits:
         assert hit["score"] == pytest.approx(float(np.dot(index.vector(hit["id"]), text)), abs=1e-4)
+
+
+def test_siglips_own_sentencepiece_tokenizer_serves_text_queries(tmp_path: Path) -> None:
+    """A SigLIP checkpoint saved with SiglipTokenizer (sentencepiece, as real checkpoints ship):
+    text queries load it and embed as SiglipModel does with it."""
+    import sentencepiece as spm
+    import torch
+    from transformers import AutoTokenizer, SiglipTokenizer
+
+    folder = build_tiny_siglip(tmp_path / "siglip")
+    for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json"):  # fmt: skip
+        (folder / name).unlink(missing_ok=True)  # drop the stand-in CLIP tokenizer
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(["red leather handbag", "blue cotton shirt", "white shoe"] * 50))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "spiece"),
+                                   vocab_size=20, model_type="unigram", minloglevel=2)  # fmt: skip
+    SiglipTokenizer(vocab_file=str(tmp_path / "spiece.model")).save_pretrained(folder)
+    assert type(AutoTokenizer.from_pretrained(folder)).__name__ == "SiglipTokenizer"
+
+    embedder = load_embedder("clip", str(folder), device="cpu")
+    ours = embed_text(embedder, ["red handbag"])[0]
+    ids = AutoTokenizer.from_pretrained(folder)(
+        ["red handbag"], padding="max_length", max_length=64, truncation=True, return_tensors="pt"
+    )["input_ids"]
+    with torch.inference_mode():
+        output = _reference_model(folder).get_text_features(input_ids=ids)  # type: ignore[attr-defined]
+    reference = torch.nn.functional.normalize(output.pooler_output, dim=-1)[0].numpy()
+    assert np.allclose(ours, reference, atol=1e-5)
