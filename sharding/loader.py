@@ -349,15 +349,19 @@ def load_index(
     # readv and hashing release the GIL: the threads share the copying, the bulk of the time.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         ids = [pid for shard_ids in pool.map(load, records, starts) for pid in shard_ids]
-    if len(ids) != progress.kinds[kind].total_vectors:
-        raise StateError(
-            f"{kind}: {len(ids)} vectors in shards, progress says "
-            f"{progress.kinds[kind].total_vectors}"
-        )
+    _check_total(kind, len(ids), progress)
     dead = dead_slots(storage, progress.kinds[kind])
     if dead:
         vectors, ids = _drop_dead(vectors, ids, dead)
     return ShardedIndex(kind, dim, vectors, ids, progress, dead_slots=len(dead))
+
+
+def _check_total(kind: str, found: int, progress: Progress) -> None:
+    """The vectors read from a kind's shards are as many as progress.json commits."""
+    if found != progress.kinds[kind].total_vectors:
+        raise StateError(
+            f"{kind}: {found} vectors in shards, progress says {progress.kinds[kind].total_vectors}"
+        )
 
 
 def map_index(
@@ -400,11 +404,7 @@ def map_index(
         loaded = list(pool.map(load, records))
     blocks: list[np.ndarray | FileBlock] = [block for block, _ in loaded]
     ids = [pid for _, shard_ids in loaded for pid in shard_ids]
-    if len(ids) != progress.kinds[kind].total_vectors:
-        raise StateError(
-            f"{kind}: {len(ids)} vectors in shards, progress says "
-            f"{progress.kinds[kind].total_vectors}"
-        )
+    _check_total(kind, len(ids), progress)
     dead = dead_slots(storage, progress.kinds[kind])
     live = None
     if dead:
