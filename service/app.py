@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -234,7 +235,7 @@ def create_app(
         return {"brands": commit.brands(), "commit": commit.commit_seq}
 
     @app.post("/search", response_model=SearchResponse)
-    async def search(body: SearchRequest, request: Request) -> dict[str, Any]:
+    async def search(body: SearchRequest, request: Request) -> Response:
         """Nearest products of an indexed id, a text or an http(s) image URL."""
         check_key(request)
         given = [name for name in ("id", "text", "image_url") if getattr(body, name) is not None]
@@ -264,8 +265,8 @@ def create_app(
         # fetches runs in a worker thread, so the loop keeps answering meanwhile.
         fast = body.id is not None and body.brand is None and not body.exact
         if fast and kind in commit.approximate:
-            return run()
-        return await run_in_threadpool(run)
+            return _json(run())
+        return _json(await run_in_threadpool(run))
 
     @app.post(
         "/search/image",
@@ -295,7 +296,7 @@ def create_app(
             }
         },
     )
-    async def search_image(request: Request) -> dict[str, Any]:
+    async def search_image(request: Request) -> Response:
         """Nearest products of an uploaded image (multipart field `file`; kind, k, brand, exact
         as fields)."""
         check_key(request)
@@ -320,7 +321,7 @@ def create_app(
             vector = _upload_vector(embedders.get(commit), data, kind, service.max_upload_pixels)
             return answer(commit, kind, vector, k, brand, exact)
 
-        return await run_in_threadpool(run)
+        return _json(await run_in_threadpool(run))
 
     @app.get("/images/{product_id}")
     def image(product_id: str) -> Response:
@@ -365,6 +366,12 @@ def limit_query_threads(count: int) -> None:
     torch = sys.modules.get("torch")  # loaded with a CLIP embedder, never imported here for it
     if torch is not None and torch.get_num_threads() != count:
         torch.set_num_threads(count)
+
+
+def _json(payload: dict[str, Any]) -> Response:
+    """A search answer as JSON, serialised once by orjson: the route's response_model documents
+    it (OpenAPI) without validating it again (about 40 us of a request's 0.3 ms here)."""
+    return Response(orjson.dumps(payload), media_type="application/json")
 
 
 def _form_bool(value: str | None, name: str) -> bool:
