@@ -13,7 +13,7 @@ than one batch. Then, each step timed:
    object per sealed shard and measures recall (the build's own figure);
 2. serve: a fresh process loads the store as the service does (application.searcher.load_commit:
    sealed shards' vectors left on disk and read per candidate, PQ codes in memory) and answers 200 held-out queries one at a
-   time; its resident memory (VmRSS, and its anonymous / file-backed parts) after the load and
+   time (after 10 others, not counted: bench.ann.WARMUP); its resident memory (VmRSS, and its anonymous / file-backed parts) after the load and
    after the queries; recall@10 against the exact top-10 (one batched exact pass, streamed shard
    by shard); the re-rank's cost (the same queries from the PQ codes alone); one `exact=True`
    query (streams every shard);
@@ -41,7 +41,7 @@ import faiss
 import numpy as np
 
 from bench._common import emit, peak_rss_mb, timer
-from bench.ann import KIND, clip_like, percentiles, write
+from bench.ann import KIND, WARMUP, clip_like, percentiles, write
 from sharding import BuildConfig, LocalStore
 from sharding.ann import AnnConfig, recall_at, search_lists, update_ann
 from sharding.storage import CountingStorage
@@ -81,6 +81,8 @@ def serve(folder: Path, dim: int, clusters: int, queries_n: int) -> dict[str, An
     index, ann = commit.indexes[KIND], commit.approximate.get(KIND)
     if ann is None:  # committed below the minimum recall: search stays exact
         return {"serving": False, "load_s": round(t_load[0], 1), "rss_loaded_mb": loaded}
+    for q in clip_like(WARMUP, dim, centres_for(clusters, dim), seed=4):  # not counted
+        commit.search(KIND, q, 10)
     queries = clip_like(queries_n, dim, centres_for(clusters, dim), seed=2)
     seconds, found = [], []
     for q in queries:

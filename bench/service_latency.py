@@ -23,7 +23,9 @@ LoadedCommit.search(stored_vector(id)), with the threads the service gives a que
 ratios. Where the approximate index serves, load_commit leaves the sealed shards' vectors on
 disk (sharding.loader.map_index), so `exact` there streams them from the store's files; with
 --no-ann every vector is in memory and `exact` is the in-memory flat scan. Then requests/s by id with 8 concurrent clients (each its own connection), with and
-without a brand filter, for each mode. Last, a build commits 10,000 more vectors: seconds
+without a brand filter, for each mode; `overhead_ms` is an id query's HTTP p50 less its
+in-process p50, and `http_floor_p50_ms` a GET /health round trip on the same connection (no
+search: the client, loopback, uvicorn and FastAPI alone). Last, a build commits 10,000 more vectors: seconds
 from that commit to /health naming it, and the server's peak RSS across the swap (VmHWM reset
 through /proc/PID/clear_refs just before) vs its resident set while serving before it.
 """
@@ -212,12 +214,18 @@ class JsonClient:
         self._connection = http.client.HTTPConnection(host, parts.port, timeout=300)
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        return self._request("POST", path, json.dumps(body).encode())
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return self._request("GET", path, None)
+
+    def _request(self, method: str, path: str, data: bytes | None) -> tuple[int, Any]:
         import http.client
 
-        data = json.dumps(body).encode()
+        headers = {} if data is None else {"content-type": "application/json"}
         for attempt in (1, 2):  # the server closes a connection idle past its keep-alive (5 s)
             try:
-                self._connection.request("POST", path, data, {"content-type": "application/json"})
+                self._connection.request(method, path, data, headers)
                 response = self._connection.getresponse()
                 return response.status, json.loads(response.read())
             except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
@@ -437,6 +445,17 @@ def measure_queries(
                     throughput(url, args.seconds, {**body, "brand": "brand-3"}, ids), 1
                 ),
             }
+            id_ = out[mode]["id"]
+            id_["overhead_ms"] = round(id_["http_p50_ms"] - id_["inprocess_p50_ms"], 2)
+        # The floor under any of those: a GET /health round trip (on the loop, no search) over
+        # the same connection: client, loopback, uvicorn and FastAPI.
+        floor = []
+        for _ in range(max(50, args.queries)):
+            started = time.perf_counter()
+            status, _ = lean.get("/health")
+            floor.append(time.perf_counter() - started)
+            assert status == 200
+        out["http_floor_p50_ms"] = ms(floor[10:], 50)
         lean.close()
     return out
 
@@ -500,6 +519,7 @@ def summary(r: dict[str, Any]) -> str:
             f"{mode}: {cells}; {CLIENTS} clients {m['throughput_rps']} req/s "
             f"({m['throughput_brand_rps']} with a brand)"
         )
+    parts.append(f"HTTP floor (GET /health) p50 {r['http_floor_p50_ms']} ms")
     parts.append(
         f"goal (exact id <= {GOAL}x) {'met' if r['goal_met'] else 'NOT met'}; reload "
         f"{r['reload_s']} s after a commit (poll {r['reload_poll_s']} s), peak RSS "

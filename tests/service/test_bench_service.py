@@ -30,6 +30,10 @@ def test_service_latency_bench_prints_its_json_line() -> None:
         assert figures["p50_ratio"] == pytest.approx(
             figures["http_p50_ms"] / figures["inprocess_p50_ms"], rel=0.01
         )
+    assert flat["id"]["overhead_ms"] == pytest.approx(
+        flat["id"]["http_p50_ms"] - flat["id"]["inprocess_p50_ms"], abs=0.011
+    )
+    assert report["http_floor_p50_ms"] > 0
     assert flat["throughput_rps"] > 0 and flat["throughput_brand_rps"] > 0
     assert report["p50_ratio"] == flat["id"]["p50_ratio"]  # the goal's figure: exact by id
     assert report["reload_s"] > 0 and report["server_peak_rss_mb"] >= 1
