@@ -213,8 +213,9 @@ def create_app(
         }
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         """The commit served and its live vectors per kind (503 until one is loaded)."""
+        # On the loop: a few attribute reads, no I/O; probes ask often.
         commit = serving()
         return {
             "status": "ok",
