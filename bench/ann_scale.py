@@ -13,7 +13,9 @@ than one batch. Then, each step timed:
    object per sealed shard and measures recall (the build's own figure);
 2. serve: a fresh process loads the store as the service does (application.searcher.load_commit:
    sealed shards' vectors left on disk and read per candidate, PQ codes in memory) and answers 200 held-out queries one at a
-   time (after 10 others, not counted: bench.ann.WARMUP); its resident memory (VmRSS, and its anonymous / file-backed parts) after the load and
+   time (after 10 others, not counted: bench.ann.WARMUP), with one faiss thread as the service
+   gives each query; then 200 more "cold", after every shard file's pages were dropped from the
+   page cache (posix_fadvise DONTNEED), so each re-rank read goes to the disk; its resident memory (VmRSS, and its anonymous / file-backed parts) after the load and
    after the queries; recall@10 against the exact top-10 (one batched exact pass, streamed shard
    by shard); the re-rank's cost (the same queries from the PQ codes alone); one `exact=True`
    query (streams every shard);
@@ -47,6 +49,9 @@ from sharding.ann import AnnConfig, recall_at, search_lists, update_ann
 from sharding.storage import CountingStorage
 
 BATCH = 10_000
+SERVICE_THREADS = (
+    1  # faiss threads per query: the service's default (FAISS_BUILDER_SERVICE_SEARCH_THREADS)
+)
 
 
 def log(message: str) -> None:
@@ -62,6 +67,19 @@ def memory() -> dict[str, float]:
         if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
             out[key] = round(int(value.split()[0]) / 1024, 1)
     return out
+
+
+def evict_vectors(folder: Path) -> int:
+    """Drop the shard files' pages from the page cache (POSIX_FADV_DONTNEED; no root needed)."""
+    count = 0
+    for path in folder.glob("clip_*.index"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        count += 1
+    return count
 
 
 def centres_for(clusters: int, dim: int) -> np.ndarray:
@@ -81,6 +99,8 @@ def serve(folder: Path, dim: int, clusters: int, queries_n: int) -> dict[str, An
     index, ann = commit.indexes[KIND], commit.approximate.get(KIND)
     if ann is None:  # committed below the minimum recall: search stays exact
         return {"serving": False, "load_s": round(t_load[0], 1), "rss_loaded_mb": loaded}
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(SERVICE_THREADS)  # one query at a time, as the service runs it
     for q in clip_like(WARMUP, dim, centres_for(clusters, dim), seed=4):  # not counted
         commit.search(KIND, q, 10)
     queries = clip_like(queries_n, dim, centres_for(clusters, dim), seed=2)
@@ -91,17 +111,27 @@ def serve(folder: Path, dim: int, clusters: int, queries_n: int) -> dict[str, An
         seconds.append(time.perf_counter() - started)
         found.append([h.id for h in hits])
     served = memory()
+    # Cold: every sealed shard's pages dropped from the page cache first, so each re-rank read
+    # goes to the disk (a service whose machine cannot cache the vectors).
+    evicted = evict_vectors(folder)
+    cold_seconds = []
+    for q in clip_like(queries_n, dim, centres_for(clusters, dim), seed=5):
+        started = time.perf_counter()
+        commit.search(KIND, q, 10)
+        cold_seconds.append(time.perf_counter() - started)
     pq_seconds, pq_found = [], []
     for q in queries:  # the same searches from the PQ codes alone: what the re-rank adds
         started = time.perf_counter()
         _, rows = search_lists(ann.index, q.reshape(1, -1), 10, nprobe=ann.state.nprobe)
         pq_seconds.append(time.perf_counter() - started)
         pq_found.append([index.ids[ann_row] for ann_row in _rows(ann, rows[0])])
+    faiss.omp_set_num_threads(threads)
     with timer() as t_truth:  # one batched exact pass, shard by shard (pages dropped after use)
         truth = [[h.id for h in row] for row in index.search(queries, 10)]
     with timer() as t_exact:
         commit.search(KIND, queries[0], 10, exact=True)
     p50, p99 = percentiles(seconds)
+    cold_p50, cold_p99 = percentiles(cold_seconds)
     pq_p50, pq_p99 = percentiles(pq_seconds)
     mapped = getattr(index.vectors, "disk_bytes", 0)
     return {
@@ -114,6 +144,10 @@ def serve(folder: Path, dim: int, clusters: int, queries_n: int) -> dict[str, An
         "recall_at_10": round(recall_at(np.asarray(truth), _pad(found)), 4),
         "p50_ms": p50,
         "p99_ms": p99,
+        "cold_p50_ms": cold_p50,
+        "cold_p99_ms": cold_p99,
+        "cold_files_evicted": evicted,
+        "query_threads": SERVICE_THREADS,
         "pq_only_recall_at_10": round(recall_at(np.asarray(truth), _pad(pq_found)), 4),
         "pq_only_p50_ms": pq_p50,
         "pq_only_p99_ms": pq_p99,
@@ -251,7 +285,7 @@ def main() -> None:
         result,
         f"ann_scale {state.type} {args.vectors:,} x {dim}-d: recall@10 {served['recall_at_10']} "
         f"(committed {state.recall_at_10}, nprobe {state.nprobe}/{state.nlist}), p99 "
-        f"{served['p99_ms']} ms, served RSS {rss:.0f} MiB (anon "
+        f"{served['p99_ms']} ms (cold page cache {served.get('cold_p99_ms')} ms), served RSS {rss:.0f} MiB (anon "
         f"{served['rss_served_mb'].get('RssAnon', 0):.0f}); build {t_build[0]:.0f} s; one-shard update "
         f"{t_update[0]:.0f} s / {counting.bytes_written:,} B",
     )
