@@ -45,7 +45,7 @@ bench: install
 	$(PY) -m bench
 
 # The approximate index at 10M x 512-d (bench/ann_scale.py, README "Approximate index"): about
-# 21 GB of disk under /var/tmp (deleted at the end), 24 GB of RAM is plenty; 30-60 min on 2 cores.
+# 21 GB of disk under /var/tmp (deleted at the end), 24 GB of RAM is plenty; 15 min on 2 quiet cores.
 bench-scale: install
 	$(PY) -m bench.ann_scale
 
