@@ -49,9 +49,6 @@ from sharding.ann import AnnConfig, recall_at, search_lists, update_ann
 from sharding.storage import CountingStorage
 
 BATCH = 10_000
-SERVICE_THREADS = (
-    1  # faiss threads per query: the service's default (FAISS_BUILDER_SERVICE_SEARCH_THREADS)
-)
 
 
 def log(message: str) -> None:
@@ -90,6 +87,8 @@ def centres_for(clusters: int, dim: int) -> np.ndarray:
 def serve(folder: Path, dim: int, clusters: int, queries_n: int) -> dict[str, Any]:
     """Step 2, in a fresh process: load as the service does, then answer queries one at a time."""
     from application.searcher import load_commit
+    from service.app import limit_query_threads
+    from service.settings import ServiceSettings
 
     before = memory()
     store = LocalStore(folder)
@@ -100,10 +99,12 @@ def serve(folder: Path, dim: int, clusters: int, queries_n: int) -> dict[str, An
     if ann is None:  # committed below the minimum recall: search stays exact
         return {"serving": False, "load_s": round(t_load[0], 1), "rss_loaded_mb": loaded}
     threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(SERVICE_THREADS)  # one query at a time, as the service runs it
-    for q in clip_like(WARMUP, dim, centres_for(clusters, dim), seed=4):  # not counted
+    query_threads = ServiceSettings(**{}).search_threads  # as the service runs each query
+    limit_query_threads(query_threads)
+    centres = centres_for(clusters, dim)
+    for q in clip_like(WARMUP, dim, centres, seed=4):  # not counted
         commit.search(KIND, q, 10)
-    queries = clip_like(queries_n, dim, centres_for(clusters, dim), seed=2)
+    queries = clip_like(queries_n, dim, centres, seed=2)
     seconds, found = [], []
     for q in queries:
         started = time.perf_counter()
@@ -115,7 +116,7 @@ def serve(folder: Path, dim: int, clusters: int, queries_n: int) -> dict[str, An
     # goes to the disk (a service whose machine cannot cache the vectors).
     evicted = evict_vectors(folder)
     cold_seconds = []
-    for q in clip_like(queries_n, dim, centres_for(clusters, dim), seed=5):
+    for q in clip_like(queries_n, dim, centres, seed=5):
         started = time.perf_counter()
         commit.search(KIND, q, 10)
         cold_seconds.append(time.perf_counter() - started)
@@ -147,7 +148,7 @@ def serve(folder: Path, dim: int, clusters: int, queries_n: int) -> dict[str, An
         "cold_p50_ms": cold_p50,
         "cold_p99_ms": cold_p99,
         "cold_files_evicted": evicted,
-        "query_threads": SERVICE_THREADS,
+        "query_threads": query_threads,
         "pq_only_recall_at_10": round(recall_at(np.asarray(truth), _pad(pq_found)), 4),
         "pq_only_p50_ms": pq_p50,
         "pq_only_p99_ms": pq_p99,
