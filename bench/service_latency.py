@@ -15,7 +15,8 @@ measures the HTTP path only. Unless --no-ann, `update_ann` then builds the appro
 
 The service (service.app over uvicorn, as `faiss-builder serve` runs it; poll 0.25 s) runs in
 a subprocess on 127.0.0.1; this process loads the same commit with load_commit and the same
-embedder. Then, interleaved query by query (top 10): POST /search {"id"} vs
+embedder. Then, interleaved query by query, the two sides taking turns going first (top 10),
+JSON queries over one keep-alive connection (JsonClient): POST /search {"id"} vs
 LoadedCommit.search(stored_vector(id)), with the threads the service gives a query
 (FAISS_BUILDER_SERVICE_SEARCH_THREADS, default 1); POST /search/image (a 640x480 JPEG) vs decode + embed
 + search; POST /search {"text"} vs embed_text + search. Each through the approximate index
@@ -201,41 +202,77 @@ def ms(values: list[float], q: float) -> float:
 
 
 class JsonClient:
-    """One keep-alive HTTP/1.1 connection posting JSON (the standard library's http.client): the
-    latency figures time the service, not a client library's own per-request work (httpx adds
-    0.3-0.8 ms a request here)."""
+    """One keep-alive HTTP/1.1 connection (a socket, TCP_NODELAY) sending JSON and reading
+    answers framed by Content-Length, as uvicorn sends them. The latency figures time the
+    service, not a client library's own per-request work: httpx adds 0.3-0.8 ms a request here,
+    the standard library's http.client 0.06-0.1 ms (its header parsing), this under 20 us (a
+    bare uvicorn app's round trip is 0.04 ms with it)."""
 
     def __init__(self, url: str) -> None:
-        import http.client
         from urllib.parse import urlsplit
 
         parts = urlsplit(url)
-        host = parts.hostname or "127.0.0.1"
-        self._connection = http.client.HTTPConnection(host, parts.port, timeout=300)
+        self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._host = f"{self._address[0]}:{self._address[1]}".encode()
+        self._socket: socket.socket | None = None
+        self._buffer = b""
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        return self._request("POST", path, json.dumps(body).encode())
+        return self._request(b"POST", path, json.dumps(body).encode())
 
     def get(self, path: str) -> tuple[int, Any]:
-        return self._request("GET", path, None)
+        return self._request(b"GET", path, None)
 
-    def _request(self, method: str, path: str, data: bytes | None) -> tuple[int, Any]:
-        import http.client
-
-        headers = {} if data is None else {"content-type": "application/json"}
+    def _request(self, method: bytes, path: str, data: bytes | None) -> tuple[int, Any]:
+        head = [method + b" " + path.encode() + b" HTTP/1.1", b"host: " + self._host]
+        if data is not None:
+            head += [b"content-type: application/json", b"content-length: %d" % len(data)]
+        request = b"\r\n".join(head) + b"\r\n\r\n" + (data or b"")
         for attempt in (1, 2):  # the server closes a connection idle past its keep-alive (5 s)
             try:
-                self._connection.request(method, path, data, headers)
-                response = self._connection.getresponse()
-                return response.status, json.loads(response.read())
-            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
-                self._connection.close()  # the next request opens a new connection
+                if self._socket is None:
+                    self._socket = socket.create_connection(self._address, timeout=300)
+                    self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    self._buffer = b""
+                self._socket.sendall(request)
+                status, body = self._response()
+                return status, json.loads(body)
+            except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+                self.close()  # the next request opens a new connection
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
+    def _response(self) -> tuple[int, bytes]:
+        while b"\r\n\r\n" not in self._buffer:
+            self._receive()
+        head, _, rest = self._buffer.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        fields = dict(line.split(b":", 1) for line in lines[1:])
+        length = {name.strip().lower(): value for name, value in fields.items()}.get(
+            b"content-length"
+        )
+        if length is None:
+            raise RuntimeError(f"answer without Content-Length: {head[:200]!r}")
+        size = int(length)
+        self._buffer = rest
+        while len(self._buffer) < size:
+            self._receive()
+        body, self._buffer = self._buffer[:size], self._buffer[size:]
+        return status, body
+
+    def _receive(self) -> None:
+        assert self._socket is not None
+        chunk = self._socket.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("the server closed the connection")
+        self._buffer += chunk
+
     def close(self) -> None:
-        self._connection.close()
+        if self._socket is not None:
+            self._socket.close()
+        self._socket = None
 
 
 def paired(
@@ -244,15 +281,21 @@ def paired(
     in_process: Callable[[int], list[Any]],
     same: Callable[[list[Any], list[Any]], bool],
 ) -> dict[str, float]:
-    """`count` queries, each over HTTP then in-process (3 warm-ups first, not counted)."""
+    """`count` queries, each over HTTP and in-process (3 warm-ups first, not counted).
+
+    The two sides take turns going first: the second search of the same query finds the
+    vectors the first one read in the CPU's caches (the page cache's pages are shared between
+    the two processes), so a fixed order would favour one side."""
     http_s, local_s = [], []
-    for i in [0, 1, 2, *range(count)]:
-        started = time.perf_counter()
-        remote = over_http(i)
-        http_s.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        local = in_process(i)
-        local_s.append(time.perf_counter() - started)
+    for turn, i in enumerate([0, 1, 2, *range(count)]):
+        for side in ("http", "local") if turn % 2 == 0 else ("local", "http"):
+            started = time.perf_counter()
+            if side == "http":
+                remote = over_http(i)
+                http_s.append(time.perf_counter() - started)
+            else:
+                local = in_process(i)
+                local_s.append(time.perf_counter() - started)
         assert same(remote, local), (remote, local)
     http_s, local_s = http_s[3:], local_s[3:]
     return {
@@ -497,12 +540,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             server.terminate()
             server.wait(60)
-    flat = report["exact"]
-    # Top level: the exact (flat) search by id, the figure the <= 1.3x goal is judged on.
-    report.update(flat["id"])
-    report["throughput_rps"] = flat["throughput_rps"]
-    report["throughput_brand_rps"] = flat["throughput_brand_rps"]
-    report["goal_met"] = report["p50_ratio"] <= GOAL
+    # Top level: the search by id as the service answers it by default (through the approximate
+    # index where one serves); the <= 1.3x goal is judged on every mode's id search.
+    served = report[report["modes"][0]]
+    report.update(served["id"])
+    report["throughput_rps"] = served["throughput_rps"]
+    report["throughput_brand_rps"] = served["throughput_brand_rps"]
+    report["goal_met"] = all(report[mode]["id"]["p50_ratio"] <= GOAL for mode in report["modes"])
     return report
 
 
@@ -521,7 +565,7 @@ def summary(r: dict[str, Any]) -> str:
         )
     parts.append(f"HTTP floor (GET /health) p50 {r['http_floor_p50_ms']} ms")
     parts.append(
-        f"goal (exact id <= {GOAL}x) {'met' if r['goal_met'] else 'NOT met'}; reload "
+        f"goal (id <= {GOAL}x in every mode) {'met' if r['goal_met'] else 'NOT met'}; reload "
         f"{r['reload_s']} s after a commit (poll {r['reload_poll_s']} s), peak RSS "
         f"{r['server_peak_rss_mb']} MB vs steady {r['server_steady_rss_mb']} MB "
         f"({r['swap_peak_over_steady']}x)"

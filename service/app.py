@@ -3,7 +3,8 @@
 Every refusal is one line of JSON (`{"detail": "..."}`): 400 for a bad request, 401 for a
 missing API key, 413 for an oversize upload, 503 while no commit is loaded, 500 (logged here,
 never shown) for a bug. Searches run in worker threads, so the event loop keeps answering,
-but for an id looked up in an approximate index (a few ms), answered on the loop itself.
+but for an unfiltered id looked up in an approximate index (about a millisecond), which the
+fast lane (service.fastlane) answers on the loop itself, before FastAPI's request handling.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from application.connect import fetch_limits, open_catalog, open_storage
@@ -31,6 +32,7 @@ from application.errors import UsageError
 from application.live import LiveIndex
 from application.searcher import LoadedCommit, load_commit, text_query_vector
 from application.settings import Kind, Settings
+from service.fastlane import FastLane
 from service.settings import ServiceSettings
 
 log = logging.getLogger("faiss_builder.service")
@@ -110,9 +112,14 @@ class Embedders:
 
 
 def create_app(
-    settings: Settings, service: ServiceSettings, *, live: LiveIndex | None = None
+    settings: Settings,
+    service: ServiceSettings,
+    *,
+    live: LiveIndex | None = None,
+    fast_lane: bool = True,
 ) -> FastAPI:
-    """The service over `settings`' store; `live` (tests) replaces the store poller."""
+    """The service over `settings`' store; `live` (tests) replaces the store poller;
+    `fast_lane=False` (tests) leaves every request to the FastAPI routes."""
     embedders = Embedders(settings.embed.device)
     catalog_configured = _catalog_readable(settings)
 
@@ -159,11 +166,6 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.live = index
-    if service.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        origins = [origin.strip() for origin in service.cors_origins.split(",") if origin.strip()]
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"])
     _add_error_handlers(app)
 
     def serving() -> LoadedCommit:
@@ -211,6 +213,47 @@ def create_app(
             "kind": kind,
             "commit": commit.commit_seq,
         }
+
+    def answer_on_loop(body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        """The fast lane's answer (service.fastlane): an unfiltered id query of a kind an
+        approximate index serves, answered on the event loop; None for anything else (the
+        route then answers it, refusals included)."""
+        if service.api_key is not None:
+            given = next((value for name, value in headers if name == b"x-api-key"), b"")
+            if not hmac.compare_digest(given, service.api_key.get_secret_value().encode()):
+                return None
+        try:
+            query = SearchRequest.model_validate(orjson.loads(body))
+        except (orjson.JSONDecodeError, ValidationError):
+            return None
+        commit = index.current
+        kind = str(query.kind.value)
+        if (
+            commit is None
+            or query.id is None
+            or query.text is not None
+            or query.image_url is not None
+            or query.brand is not None
+            or query.exact
+            or not 1 <= query.k <= service.max_k
+            or kind not in commit.approximate
+        ):
+            return None
+        limit_threads()
+        try:
+            vector = commit.stored_vector(kind, query.id)
+        except UsageError:  # an id not in the index: the route says so
+            return None
+        return orjson.dumps(answer(commit, kind, vector, query.k, None))
+
+    app.state.fast_lane = answer_on_loop if fast_lane else None
+    if fast_lane:
+        app.add_middleware(FastLane, answer=answer_on_loop)  # inside CORS, added after it
+    if service.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        origins = [origin.strip() for origin in service.cors_origins.split(",") if origin.strip()]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"])
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -261,12 +304,6 @@ def create_app(
                 vector = _url_vector(settings, embedders.get(commit), body.image_url, kind)
             return answer(commit, kind, vector, body.k, body.brand, body.exact)
 
-        # An id looked up in an approximate index, unfiltered, is answered in a few ms: on the loop,
-        # without the worker-thread hop (about 0.4 ms here). Anything that scans, embeds or
-        # fetches runs in a worker thread, so the loop keeps answering meanwhile.
-        fast = body.id is not None and body.brand is None and not body.exact
-        if fast and kind in commit.approximate:
-            return _json(run())
         return _json(await run_in_threadpool(run))
 
     @app.post(

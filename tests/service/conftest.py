@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,6 +30,7 @@ PRODUCTS = 24
 class Running:
     url: str
     client: httpx.Client
+    app: Any = None
 
 
 def build(store: Path, catalog: Path, *args: str) -> dict:
@@ -46,7 +48,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(store: Path, catalog: Path | None, **service: object) -> Iterator[Running]:
+def serve(
+    store: Path, catalog: Path | None, *, fast_lane: bool = True, **service: object
+) -> Iterator[Running]:
     """uvicorn in a thread, serving `store`; waits until /health answers (any status)."""
     import uvicorn
 
@@ -58,7 +62,11 @@ def serve(store: Path, catalog: Path | None, **service: object) -> Iterator[Runn
     )  # fmt: skip
     port = free_port()
     options = {"poll_s": 0.2, **service}
-    app = create_app(settings, ServiceSettings(host="127.0.0.1", port=port, **options))  # type: ignore[arg-type]
+    app = create_app(
+        settings,
+        ServiceSettings(host="127.0.0.1", port=port, **options),  # type: ignore[arg-type]
+        fast_lane=fast_lane,
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     )
@@ -76,7 +84,7 @@ def serve(store: Path, catalog: Path | None, **service: object) -> Iterator[Runn
                     raise
                 time.sleep(0.05)
         try:
-            yield Running(url, client)
+            yield Running(url, client, app)
         finally:
             server.should_exit = True
             thread.join(10)
