@@ -144,3 +144,15 @@ def test_rows_deleted_from_the_table_stop_being_live_with_reconcile(
     ids = load_index(LocalStore(tmp_path / "store"), "color").ids
     assert not plain["sync"]["reconciled"] and reconciled["sync"]["reconciled"]
     assert sorted(ids) == [i for i in range(1, PRODUCTS + 1) if i not in (3, 4)]
+
+
+def test_the_stack_hands_out_one_service_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Storage test server is given the key once and compares it literally: a key made
+    again a second later (a new `iat`) would be refused with "Invalid Compact JWS"."""
+    import time
+
+    stack = SupabaseStack(gateway=None, db_url="", postgrest_url="", jwt_secret="s" * 32)  # type: ignore[arg-type]
+    first, anon = stack.service_key, stack.anon_key
+    later = time.time() + 5
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert stack.service_key == first and stack.anon_key == anon and first != anon

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import glob
 import http.server
 import os
@@ -380,11 +381,13 @@ class SupabaseStack:
     def url(self) -> str:
         return self.gateway.url
 
-    @property
+    # Made once per stack: a JWT carries its second of issue (`iat`), so two keys made a second
+    # apart differ, and a server given one would refuse the other ("Invalid Compact JWS").
+    @functools.cached_property
     def service_key(self) -> str:
         return make_jwt(self.jwt_secret, "service_role")
 
-    @property
+    @functools.cached_property
     def anon_key(self) -> str:
         return make_jwt(self.jwt_secret, "anon")
 
