@@ -343,8 +343,11 @@ def _check_norms(kind: str, norms: list[np.ndarray], tol: float, report: Alignme
 def _check_full_id_map(
     storage: Storage, kind: str, ids: list[ProductId | None], report: AlignmentReport
 ) -> None:
-    """id_map_{kind}.json must be the slots' ids with null at dead ones (format 4); a copy that
-    lags the commit (shorter, or written before some slots died) is a warning."""
+    """id_map_{kind}.json must be the slots' ids with null at dead ones (format 4). A copy that
+    lags the commit is a warning: one written before some slots died or were added (the same
+    ids at the same slots, a prefix), or before a compaction dropped dead slots (longer, and
+    every live id in it in the same order: a compaction killed between its commit and this
+    copy's rewrite leaves that, and its next run, or the next build, rewrites it)."""
     name = names.full_id_map(kind)
     try:
         full = decode_ids(storage.get(name))
@@ -357,17 +360,26 @@ def _check_full_id_map(
         return
     if full == ids:
         return
-    if len(full) <= len(ids) and all(
-        got == want or want is None for got, want in zip(full, ids, strict=False)
-    ):
+    if _lags(full, ids):
         report.add(
             kind,
             "stale_full_id_map",
-            f"{name} lags the commit ({len(full)} of {len(ids)})",
+            f"{name} lags the commit ({len(full)} slots; the commit has {len(ids)})",
             "warning",
         )
     else:
         report.add(kind, "full_id_map_mismatch", f"{name} disagrees with the shard id maps")
+
+
+def _lags(full: Sequence[ProductId | None], ids: Sequence[ProductId | None]) -> bool:
+    if len(full) <= len(ids) and all(
+        got == want or want is None for got, want in zip(full, ids, strict=False)
+    ):
+        return True
+    # Before a compaction: every live id, in order, among slots the compaction dropped.
+    live = [pid for pid in ids if pid is not None]
+    alive = set(live)
+    return len(full) > len(ids) and [pid for pid in full if pid in alive] == live
 
 
 def _check_failures(storage: Storage, progress: Progress, report: AlignmentReport) -> None:

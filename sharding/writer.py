@@ -322,10 +322,12 @@ class IndexWriter:
 
     def delete(self, ids: Iterable[ProductId]) -> dict[str, int]:
         """Make the live slots of these products dead in every kind this run builds (ids not
-        live are ignored); committed by the next commit. Returns slots killed per kind."""
+        live are ignored), and drop their failure records (a product gone from the catalog is no
+        longer failed); committed by the next commit. Returns slots killed per kind."""
         wanted = list(ids)
         for product_id in wanted:
             refuse_inexact_id(product_id)
+        self._failures.forget(wanted, self._kinds_at_or_below_cursor)
         killed = {}
         for kind, state in self._kinds.items():
             if state.may_be_live(wanted):

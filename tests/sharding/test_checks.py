@@ -98,3 +98,26 @@ def test_a_changed_sha256_digit_is_an_error_even_when_xxh3_matches(
     name = record["name" if field == "sha256" else "id_map"]
     assert name in mismatches[0].message and "sha256 differs" in mismatches[0].message
     assert "uncommitted_tail" not in {p.code for p in report.problems}
+
+
+@pytest.mark.parametrize(
+    ("change", "severity"),
+    [
+        (lambda ids: ids[:-5], "warning"),  # written before the last slots were added
+        (lambda ids: [ids[0], 999, *ids[1:]], "warning"),  # before a compaction dropped a slot
+        (lambda ids: [*ids, None, 998], "warning"),  # the same, a dropped slot at the end
+        (lambda ids: [ids[1], ids[0], *ids[2:]], "error"),  # two ids swapped
+        (lambda ids: [None] * (len(ids) + 1), "error"),  # no live id in it
+        (lambda ids: [*ids[:3], *ids[4:], 997, 996], "error"),  # a live id missing
+    ],
+)
+def test_a_full_id_map_that_lags_is_a_warning_and_one_that_disagrees_an_error(
+    built: LocalStore, change: object, severity: str
+) -> None:
+    path = built.root / "id_map_color.json"
+    ids = json.loads(path.read_text())
+    assert len(ids) == 42 and None not in ids
+    path.write_text(json.dumps(change(ids)))  # type: ignore[operator]
+    found = {(p.code, p.severity) for p in check_store(built).problems if p.kind == "color"}
+    code = "stale_full_id_map" if severity == "warning" else "full_id_map_mismatch"
+    assert found == {(code, severity)}

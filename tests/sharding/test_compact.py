@@ -229,6 +229,7 @@ def test_a_crash_at_every_write_resumes_to_the_same_store(
 ) -> None:
     writes, expected = reference
     assert writes >= 10
+    stale: set[str] = set()
     for n in range(1, writes + 1):
         store = copy_of(template, tmp_path / f"{when}-{n}")
         with pytest.raises(InjectedCrash):
@@ -244,8 +245,12 @@ def test_a_crash_at_every_write_resumes_to_the_same_store(
         for kind, (ids, vectors) in expected.items():
             assert between[kind][0] == ids, f"crash at {n} ({when}): {kind} read mid-compaction"
             np.testing.assert_array_equal(between[kind][1], vectors)
-        errors = {p.code for p in check_store(store).problems if p.severity == "error"}
-        assert errors <= {"full_id_map_mismatch"}, f"crash at {n} ({when}): {errors}"
+        # ... and check finds nothing wrong: at most the crash's leftovers and a full id map
+        # that lags the commit, both warnings.
+        problems = {(p.code, p.severity) for p in check_store(store).problems}
+        allowed = {("uncommitted_object", "warning"), ("stale_full_id_map", "warning")}
+        assert problems <= allowed, f"crash at {n} ({when}): {problems}"
+        stale.update(code for code, _ in problems)
         compact(store, run_id="resumes", brands_of=brands_of, rollup=ROLLUP, threshold=0.3)
         got = snapshot(store)
         for kind, (ids, vectors) in expected.items():
@@ -257,6 +262,7 @@ def test_a_crash_at_every_write_resumes_to_the_same_store(
         assert checked.ok and not checked.problems, (
             f"crash at {n} ({when}):\n{checked.to_markdown()}"
         )
+    assert "stale_full_id_map" in stale  # some crash fell between the commit and the map
 
 
 def test_a_supabase_store_is_compacted_the_same_way(supabase_store: SupabaseStore) -> None:

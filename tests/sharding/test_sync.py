@@ -208,3 +208,19 @@ def test_a_store_of_format_3_is_resumed_and_synced(tmp_path: Path) -> None:
     run_sync(store)
     assert read_progress(store).format_version == 4  # type: ignore[union-attr]
     assert set(_live_state(store)) == set(_expected_live())
+
+
+def test_a_deleted_product_is_no_longer_listed_as_failed(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    run_build(store)
+    failed = [f.id for f in list_failures(store)]
+    assert {18, 27, 36} <= set(failed)  # every ninth product failed to embed
+    progress = read_progress(store)
+    assert progress is not None and progress.failures.chunks  # some records sit in rolled chunks
+    writer = IndexWriter.open(store, SMALL, run_id="deletes", rollup=SMALL_ROLLUP)
+    writer.delete([18, 36, 3])
+    writer.commit()
+    writer.finish()
+    assert [f.id for f in list_failures(store)] == [i for i in failed if i not in (18, 36)]
+    report = check_store(store)
+    assert report.ok, report.to_markdown()
