@@ -41,7 +41,6 @@ from sharding.progress import (
     FORMAT_VERSION,
     UNKNOWN_BRAND,
     KindProgress,
-    ManifestSegment,
     Progress,
     SegmentRef,
     ShardRecord,
@@ -62,6 +61,7 @@ from sharding.state import (
 )
 from sharding.storage import Storage
 from sharding.tombstones import dead_slots, live_mask
+from sharding.writer import roll_manifest_segments
 
 #: Default dead fraction at which a kind is compacted (FAISS_BUILDER_COMPACT_THRESHOLD).
 DEFAULT_THRESHOLD = 0.3
@@ -289,22 +289,11 @@ def _rewrite_kind(
         records.append(record)
         inline.append(record)
         brands.update(_brand(b) for b in brands_of(ids))
-        while sealed and len(inline) >= rollup.segment_shards:  # only sealed records roll
-            run, inline[:] = inline[: rollup.segment_shards], inline[rollup.segment_shards :]
-            name = names.manifest_segment(kind, len(segments) + 1, generation)
-            data = ManifestSegment(kind=kind, shards=run).model_dump_json().encode()
-            storage.put(name, data, immutable=True)
-            summary.bytes_written += len(data)
-            segments.append(
-                SegmentRef(
-                    name=name,
-                    sha256=sha256_hex(data),
-                    shards=len(run),
-                    vectors=sum(r.vectors for r in run),
-                    first_shard=run[0].number,
-                    last_shard=run[-1].number,
-                )
+        if sealed:  # only sealed records roll
+            inline[:], written = roll_manifest_segments(
+                storage, kind, generation, segments, inline, rollup.segment_shards
             )
+            summary.bytes_written += written
 
     start = 0
     for old in shard_records(storage, progress, kind):

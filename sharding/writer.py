@@ -559,14 +559,14 @@ class IndexWriter:
         state.open_record, state.open_dirty = record, False
 
     def _roll_segments(self, state: _KindState) -> None:
-        size = self._rollup.segment_shards
-        while len(state.sealed) >= size:
-            records = state.sealed[:size]
-            name = names.manifest_segment(state.kind, len(state.segments) + 1, state.compaction)
-            data = ManifestSegment(kind=state.kind, shards=records).model_dump_json().encode()
-            self.storage.put(name, data, immutable=True)
-            state.segments.append(_segment_ref(name, data, records))
-            state.sealed = state.sealed[size:]
+        state.sealed, _ = roll_manifest_segments(
+            self.storage,
+            state.kind,
+            state.compaction,
+            state.segments,
+            state.sealed,
+            self._rollup.segment_shards,
+        )
 
     def _resolve_inflight(self) -> None:
         """A progress.json write that raised may still have landed: adopt it instead of guessing."""
@@ -679,15 +679,35 @@ def _largest(ids: Sequence[ProductId], kind: str) -> ProductId:
         raise StateError(f"{kind}: the id maps mix int and string ids") from exc
 
 
-def _segment_ref(name: str, data: bytes, records: Sequence[ShardRecord]) -> SegmentRef:
-    return SegmentRef(
-        name=name,
-        sha256=sha256_hex(data),
-        shards=len(records),
-        vectors=sum(r.vectors for r in records),
-        first_shard=records[0].number,
-        last_shard=records[-1].number,
-    )
+def roll_manifest_segments(
+    storage: Storage,
+    kind: str,
+    compaction: int,
+    segments: list[SegmentRef],
+    sealed: list[ShardRecord],
+    size: int,
+) -> tuple[list[ShardRecord], int]:
+    """Roll every full run of `size` sealed shard records into the next manifest segment object
+    (written immutable, its reference appended to `segments`). Returns the records left inline
+    and the bytes written."""
+    written = 0
+    while len(sealed) >= size:
+        records, sealed = sealed[:size], sealed[size:]
+        name = names.manifest_segment(kind, len(segments) + 1, compaction)
+        data = ManifestSegment(kind=kind, shards=records).model_dump_json().encode()
+        storage.put(name, data, immutable=True)
+        written += len(data)
+        segments.append(
+            SegmentRef(
+                name=name,
+                sha256=sha256_hex(data),
+                shards=len(records),
+                vectors=sum(r.vectors for r in records),
+                first_shard=records[0].number,
+                last_shard=records[-1].number,
+            )
+        )
+    return sealed, written
 
 
 def _same_state(candidate: Progress, committed: Progress) -> bool:
