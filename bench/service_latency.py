@@ -249,10 +249,10 @@ class JsonClient:
         head, _, rest = self._buffer.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
-        fields = dict(line.split(b":", 1) for line in lines[1:])
-        length = {name.strip().lower(): value for name, value in fields.items()}.get(
-            b"content-length"
-        )
+        fields = {
+            name.strip().lower(): value for name, value in (x.split(b":", 1) for x in lines[1:])
+        }
+        length = fields.get(b"content-length")
         if length is None:
             raise RuntimeError(f"answer without Content-Length: {head[:200]!r}")
         size = int(length)

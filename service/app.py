@@ -175,11 +175,15 @@ def create_app(
             raise ServiceError(503, f"no commit loaded yet{reason}")
         return commit
 
-    def check_key(request: Request) -> None:
+    def key_matches(given: str) -> bool:
+        """The X-API-Key header (as Starlette decodes it, latin-1) against the configured key;
+        True when none is configured."""
         if service.api_key is None:
-            return
-        given = request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(given.encode(), service.api_key.get_secret_value().encode()):
+            return True
+        return hmac.compare_digest(given.encode(), service.api_key.get_secret_value().encode())
+
+    def check_key(request: Request) -> None:
+        if not key_matches(request.headers.get("x-api-key", "")):
             raise ServiceError(401, "missing or wrong X-API-Key header")
 
     def limit_threads() -> None:
@@ -187,8 +191,11 @@ def create_app(
         calling thread, so it is set where the query runs, not once at startup."""
         limit_query_threads(service.search_threads)
 
+    def k_in_range(k: int) -> bool:
+        return 1 <= k <= service.max_k
+
     def check_k(k: int) -> None:
-        if not 1 <= k <= service.max_k:
+        if not k_in_range(k):
             raise ServiceError(400, f"k must be between 1 and {service.max_k}, not {k}")
 
     def answer(
@@ -218,10 +225,9 @@ def create_app(
         """The fast lane's answer (service.fastlane): an unfiltered id query of a kind an
         approximate index serves, answered on the event loop; None for anything else (the
         route then answers it, refusals included)."""
-        if service.api_key is not None:
-            given = next((value for name, value in headers if name == b"x-api-key"), b"")
-            if not hmac.compare_digest(given, service.api_key.get_secret_value().encode()):
-                return None
+        given = next((value for name, value in headers if name == b"x-api-key"), b"")
+        if not key_matches(given.decode("latin-1")):
+            return None
         try:
             query = SearchRequest.model_validate(orjson.loads(body))
         except (orjson.JSONDecodeError, ValidationError):
@@ -235,7 +241,7 @@ def create_app(
             or query.image_url is not None
             or query.brand is not None
             or query.exact
-            or not 1 <= query.k <= service.max_k
+            or not k_in_range(query.k)
             or kind not in commit.approximate
         ):
             return None

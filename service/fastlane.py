@@ -10,7 +10,7 @@ and the OpenAPI document still come from the one FastAPI route, and the lane can
 differently from it (tests/service/test_fastlane.py sends both the same requests).
 
 What it saves: routing, dependency solving, the body's second parse and validation, and the
-exception middleware, about 0.2 ms of a request here.
+exception middleware, about 0.1 ms of server time a request here.
 """
 
 from __future__ import annotations
